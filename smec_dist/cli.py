@@ -1,0 +1,106 @@
+"""The ``smec`` command.
+
+    smec run      [--config F] [section.key=value ...]   encode + train + evaluate + report
+    smec encode   [--config F] [section.key=value ...]   only the embedding cache (sharded under accelerate launch)
+    smec compress --head H --input X.npy --dim d --output Y.npy
+    smec download NAME --data-dir DIR                     fetch a public BEIR dataset
+    smec config   [--config F] [section.key=value ...]   print the resolved config
+
+Errors caused by input print one line (``smec: error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import SmecError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="smec", description="Sequential Matryoshka Embedding Compression")
+    ap.add_argument("--log-level", default=os.environ.get("SMEC_LOG_LEVEL", "INFO"))
+    sub = ap.add_subparsers(dest="command", required=True)
+    _config_args(sub.add_parser("run", help="encode, train SMEC and baselines, evaluate, write the report"))
+    _config_args(sub.add_parser("encode", help="build the embedding cache (resumable, sharded over ranks)"))
+    _config_args(sub.add_parser("config", help="print the resolved config"))
+    c = sub.add_parser("compress", help="compress saved embeddings with a trained head")
+    c.add_argument("--head", required=True, help="a head .safetensors written by smec run")
+    c.add_argument("--input", required=True, help=".npy of full-width embeddings (n, D)")
+    c.add_argument("--dim", required=True, type=int)
+    c.add_argument("--output", required=True, help=".npy to write (n, dim)")
+    d = sub.add_parser("download", help="download a public BEIR dataset (needs a network)")
+    d.add_argument("name")
+    d.add_argument("--data-dir", required=True)
+    return ap
+
+
+def _compress(args) -> None:
+    import numpy as np
+
+    from .head import CompressedModel
+
+    src = Path(args.input)
+    if not src.exists():
+        raise SmecError(f"{src}: no such file")
+    try:
+        x = np.load(src, allow_pickle=False)
+    except ValueError as exc:
+        raise SmecError(f"{src}: not a numeric .npy array ({exc})") from exc
+    y = CompressedModel.load(args.head).compress(x, args.dim)
+    out = Path(args.output)
+    tmp = out.with_name(out.name + ".tmp.npy")
+    np.save(tmp, y)
+    tmp.replace(out)
+    print(f"{out}: {y.shape[0]} x {y.shape[1]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("bm25s", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.command in ("run", "encode", "config"):
+            from .config import load_config
+
+            cfg = load_config(args.config, args.overrides)
+            if args.command == "config":
+                import yaml
+
+                print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            elif args.command == "encode":
+                from .pipeline import encode
+
+                print(encode(cfg))
+            else:
+                from .pipeline import run_job
+
+                run_job(cfg)
+        elif args.command == "compress":
+            _compress(args)
+        elif args.command == "download":
+            from .data import download_beir
+
+            print(download_beir(args.name, args.data_dir))
+    except SmecError as exc:
+        print(f"smec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("smec: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

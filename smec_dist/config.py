@@ -1,0 +1,273 @@
+"""Typed configuration: dataclasses, YAML files, command-line overrides.
+
+A config file is YAML with one mapping per section (``data``, ``model``, ``cache``,
+``run``, ``train``); ``key=value`` overrides with dotted keys (``train.epochs=5``,
+``run.dims=[96,48]``) merge on top. Unknown sections or keys are errors naming the file
+and the key, and every value is checked in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SmecError
+
+SETTINGS = ("unsupervised-queries", "corpus-only", "supervised")
+METHODS = ("full", "bm25", "truncation", "pca", "mrl", "linear", "smec")
+
+
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise SmecError(f"{key}: '{value}' is not one of {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise SmecError(f"{key}: must be {'>= 0' if zero_ok else '> 0'}, got {value}")
+
+
+@dataclass
+class DataConfig:
+    """Where the BEIR dataset comes from and which split is scored."""
+
+    data_dir: str = "../shared/data"
+    dataset: str = "scifact"
+    eval_split: str = "test"
+
+    def __post_init__(self):
+        if env := os.environ.get("SMEC_DATA_DIR"):
+            self.data_dir = env if self.data_dir == DataConfig.data_dir else self.data_dir
+
+
+@dataclass
+class ModelConfig:
+    """The frozen backbone: an alias (minilm, smollm2-135m), a local folder or a hub id."""
+
+    name: str = "minilm"
+    pooling: str | None = None
+    max_length: int = 256
+    batch_size: int = 64
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.pooling is not None:
+            _one_of("model.pooling", self.pooling, ("mean", "cls", "last"))
+        _one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _positive("model.max_length", self.max_length)
+        _positive("model.batch_size", self.batch_size)
+
+
+@dataclass
+class CacheConfig:
+    """The embedding cache; ``dir`` empty means ``<output_dir>/../cache/<dataset>-<model>``."""
+
+    dir: str = ""
+    dtype: str = "float32"
+    shard_size: int = 2048
+
+    def __post_init__(self):
+        _one_of("cache.dtype", self.dtype, ("float16", "float32"))
+        _positive("cache.shard_size", self.shard_size)
+
+
+@dataclass
+class TrainConfig:
+    """How a head is trained on cached embeddings (the same objective for SMEC and the
+    trained baselines, so the comparison isolates SMEC's parts)."""
+
+    epochs: int = 20
+    max_steps_per_phase: int = 0
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    ads_lr: float = 1e-2
+    weight_decay: float = 0.0
+    hidden: int = 0
+    temperature: float = 0.02
+    topk: int = 100
+    queue_size: int = 65536
+    prefill: bool = True
+    kl_weight: float = 1.0
+    high_weight: float = 1.0
+    lookahead: int = 0
+    lookahead_weight: float = 0.5
+    pairwise_weight: float = 0.0
+    infonce_weight: float = 0.0
+    infonce_temperature: float = 0.05
+    ads_tau: float = 0.1
+    ads_noise: float = 1.0
+    ads_anneal: float = 0.8
+    pca_on_anchors: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        for key in ("epochs", "batch_size", "topk", "queue_size"):
+            _positive(f"train.{key}", getattr(self, key))
+        for key in ("lr", "temperature", "infonce_temperature", "ads_tau", "ads_anneal"):
+            _positive(f"train.{key}", getattr(self, key))
+        for key in ("max_steps_per_phase", "ads_lr", "weight_decay", "hidden", "kl_weight", "high_weight",
+                    "pairwise_weight", "infonce_weight", "ads_noise"):
+            _positive(f"train.{key}", getattr(self, key), zero_ok=True)
+        _one_of("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
+
+
+@dataclass
+class RunConfig:
+    """What the main job computes.
+
+    Attributes:
+        dims: compressed widths, strictly decreasing, each below the backbone's width.
+        settings: training settings reported side by side: ``unsupervised-queries`` (corpus
+            plus unlabelled query texts chosen by ``anchors``), ``corpus-only`` (documents are
+            the anchors), ``supervised`` (queries of ``supervised_split`` with their judgments).
+        anchors: which query texts serve as unlabelled anchors: ``split:<name>``,
+            ``file:<path>`` or ``holdout:<fraction>`` (a part of the eval split's queries,
+            which are then left out of the scores).
+        max_anchors: a random subset of at most this many anchors per setting (0 = all).
+    """
+
+    output_dir: str = "runs/scifact-minilm"
+    dims: list[int] = field(default_factory=lambda: [192, 96, 48, 24])
+    settings: list[str] = field(default_factory=lambda: list(SETTINGS))
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    anchors: str = "split:train"
+    supervised_split: str = "train"
+    supervised_infonce_weight: float = 1.0
+    max_anchors: int = 2000
+    search_k: int = 100
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.dims:
+            raise SmecError("run.dims: at least one dim is needed")
+        for d in self.dims:
+            if not isinstance(d, int) or d <= 0:
+                raise SmecError(f"run.dims: {d!r} is not a positive integer")
+        if any(a <= b for a, b in zip(self.dims, self.dims[1:])):
+            raise SmecError(f"run.dims: {self.dims} must be strictly decreasing")
+        for s in self.settings:
+            _one_of("run.settings", s, SETTINGS)
+        for m in self.methods:
+            _one_of("run.methods", m, METHODS)
+        _positive("run.max_anchors", self.max_anchors, zero_ok=True)
+        _positive("run.search_k", self.search_k)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(key: str, value: Any, typ) -> Any:
+    """Check a YAML value against a dataclass field type (int accepted where float is)."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        return _coerce(key, value, next(a for a in args if a is not type(None)))
+    if origin is list:
+        if not isinstance(value, list):
+            raise SmecError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(typ)
+        return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is bool and not isinstance(value, bool):
+        raise SmecError(f"{key}: expected true or false, got {value!r}")
+    if typ in (int, float, str) and (not isinstance(value, typ) or isinstance(value, bool)):
+        raise SmecError(f"{key}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, values: dict, prefix: str, source: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            raise SmecError(f"{source}: unknown config key '{prefix}{key}' (allowed: {', '.join(sorted(known))})")
+    kwargs = {}
+    for key, value in values.items():
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise SmecError(f"{source}: '{prefix}{key}' must be a mapping of keys")
+            kwargs[key] = _build(typ, value, f"{prefix}{key}.", source)
+        else:
+            kwargs[key] = _coerce(f"{source}: {prefix}{key}", value, typ)
+    return cls(**kwargs)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.epochs=5", "run.dims=[96,48]"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise SmecError(f"override '{item}' is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise SmecError(f"override '{item}': value is not valid YAML ({exc.problem})") from exc
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SmecError(f"override '{item}' conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file, then the overrides; every key checked."""
+    values: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.exists():
+            raise SmecError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise SmecError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+        if not isinstance(values, dict):
+            raise SmecError(f"{path}: top level must be a mapping of sections")
+    cfg = _build(Config, values, "", source)
+    if overrides:
+        cfg = _build(Config, _merge(cfg.to_dict(), parse_overrides(overrides)), "", "command line")
+    return cfg
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Save the resolved config next to a run's outputs (reloadable with load_config)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,222 @@
+"""The main job: encode once, train SMEC and the baselines per setting, evaluate, report.
+
+Lifecycle: setup (dataset, cache) -> run (train + evaluate every setting and method) ->
+save (heads, results.json, report.md, plot.png) -> cleanup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import dist
+from .backbone import load_encoder
+from .cache import build_cache, is_complete, load_cache
+from .config import Config, dump_config
+from .data import ensure_dataset, eval_qrels, load_beir, load_query_file, select_anchor_queries
+from .errors import SmecError
+from .evaluation.bm25 import bm25_run
+from .evaluation.metrics import evaluate_run
+from .evaluation.search import search_run
+from .head import MultiHead, PrefixHead, SMECHead, pca_basis, save_head
+from .report import print_table, write_report
+from .trainer import TrainSet, train_head
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir_for(cfg: Config) -> Path:
+    if cfg.cache.dir:
+        return Path(cfg.cache.dir)
+    model = Path(cfg.model.name).name or cfg.model.name
+    return Path(cfg.run.output_dir).parent / "cache" / f"{Path(cfg.data.dataset).name}-{model}-{cfg.cache.dtype}"
+
+
+def encode(cfg: Config, ds=None, extra_texts: dict[str, tuple[list[str], list[str]]] | None = None,
+           cache_dir: Path | None = None) -> Path:
+    """Build (or finish, or reuse) the embedding cache of the corpus and the queries.
+
+    Runs on one process or sharded over the ranks of ``accelerate launch``.
+    """
+    cache_dir = Path(cache_dir or cache_dir_for(cfg))
+    if is_complete(cache_dir):
+        log.info("embedding cache %s is complete: reusing it", cache_dir)
+        return cache_dir
+    if ds is None:
+        ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
+    parts = extra_texts or {
+        "corpus": (ds.doc_ids(), ds.doc_texts()),
+        "queries": (list(ds.queries), list(ds.queries.values())),
+    }
+    encoder = load_encoder(cfg.model.name, pooling=cfg.model.pooling, max_length=cfg.model.max_length,
+                           device=cfg.model.device, dtype=cfg.model.dtype)
+    build_cache(cache_dir, encoder, cfg.model.name, parts, dataset_path=str(ds.root), dtype=cfg.cache.dtype,
+                shard_size=cfg.cache.shard_size, batch_size=cfg.model.batch_size, rank=dist.rank(),
+                world_size=dist.world_size(), barrier=dist.barrier, progress=cfg.run.progress and dist.is_main())
+    dist.barrier()
+    return cache_dir
+
+
+def _rows(ids: list[str], wanted: list[str]) -> np.ndarray:
+    pos = {x: i for i, x in enumerate(ids)}
+    return np.array([pos[w] for w in wanted], dtype=np.int64)
+
+
+class Job:
+    """State of one run of the main job (see module docstring)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.out = Path(cfg.run.output_dir)
+        self.timings: dict[str, float] = {}
+
+    # -- setup ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        for stale in ("results.json", "report.md", "plot.png"):  # never leave a report of another run
+            (self.out / stale).unlink(missing_ok=True)
+        t = time.perf_counter()
+        self.ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
+        if cfg.data.eval_split not in self.ds.qrels:
+            raise SmecError(f"data.eval_split: '{cfg.data.eval_split}' is not a split of {self.ds.root} "
+                            f"(present: {', '.join(self.ds.splits)})")
+        anchor_texts, anchor_ids = select_anchor_queries(self.ds, cfg.run.anchors, cfg.data.eval_split, seed=cfg.train.seed)
+        self.qrels = eval_qrels(self.ds, cfg.data.eval_split, set(anchor_ids))
+        self.timings["load data"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        cache_dir = encode(cfg, self.ds)
+        cache = load_cache(cache_dir)
+        self.timings["encode (cache)"] = time.perf_counter() - t
+        self.full_dim = cache.dim
+        if cfg.run.dims[0] >= self.full_dim:
+            raise SmecError(f"run.dims: {cfg.run.dims[0]} is not below the backbone width {self.full_dim}")
+        self.doc_ids = cache.ids("corpus")
+        self.query_ids = cache.ids("queries")
+        self.corpus = F.normalize(torch.from_numpy(cache.embeddings("corpus")), dim=-1)  # (n_c, D)
+        self.queries = F.normalize(torch.from_numpy(cache.embeddings("queries")), dim=-1)  # (n_q, D)
+        self.eval_qids = [q for q in self.query_ids if q in self.qrels]
+        self.eval_q = self.queries[_rows(self.query_ids, self.eval_qids)]  # (n_eval, D)
+
+        if cfg.run.anchors.startswith("file:"):  # texts outside the dataset: a cache of their own
+            pairs = load_query_file(cfg.run.anchors[5:])
+            ids, texts = [p[0] for p in pairs], [p[1] for p in pairs]
+            tag = hashlib.sha256("\n".join(ids + texts).encode()).hexdigest()[:12]
+            sub = encode(cfg, self.ds, {"anchors": (ids, texts)}, cache_dir / f"anchors-{tag}")
+            self.anchor_emb = F.normalize(torch.from_numpy(load_cache(sub).embeddings("anchors")), dim=-1)
+        else:
+            self.anchor_emb = self.queries[_rows(self.query_ids, anchor_ids)] if anchor_ids else self.queries[:0]
+        log.info("dataset %s: %d docs, %d eval queries, %d anchor queries; backbone width %d",
+                 self.ds.name, len(self.doc_ids), len(self.eval_qids), len(self.anchor_emb), self.full_dim)
+
+    # -- run -----------------------------------------------------------------------------
+    def evaluate(self, compress) -> dict:
+        with torch.no_grad():
+            docs = compress(self.corpus).numpy()
+            qs = compress(self.eval_q).numpy()
+        run = search_run(docs, self.doc_ids, qs, self.eval_qids, k=self.cfg.run.search_k)
+        return evaluate_run(self.qrels, run)
+
+    def train_set(self, setting: str) -> tuple[TrainSet, dict]:
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        overrides: dict = {}
+        if setting == "unsupervised-queries":
+            if not len(self.anchor_emb):
+                raise SmecError("run.anchors: 'none' leaves the unsupervised-queries setting without anchors")
+            anchors, anchor_doc, positives = self.anchor_emb, torch.full((len(self.anchor_emb),), -1), None
+        elif setting == "corpus-only":
+            anchors, anchor_doc, positives = self.corpus, torch.arange(len(self.corpus)), None
+        else:
+            split = cfg.run.supervised_split
+            if split not in self.ds.qrels:
+                raise SmecError(f"run.supervised_split: '{split}' is not a split of {self.ds.root}")
+            if split == cfg.data.eval_split:
+                raise SmecError(f"run.supervised_split: '{split}' is the eval split; training on its judgments would leak")
+            dpos = {d: i for i, d in enumerate(self.doc_ids)}
+            qids = [q for q in self.query_ids if any(s > 0 for s in self.ds.qrels[split].get(q, {}).values())]
+            positives = [[dpos[d] for d, s in self.ds.qrels[split][q].items() if s > 0] for q in qids]
+            anchors, anchor_doc = self.queries[_rows(self.query_ids, qids)], torch.full((len(qids),), -1)
+            overrides["infonce_weight"] = cfg.run.supervised_infonce_weight
+        if cfg.run.max_anchors and len(anchors) > cfg.run.max_anchors:
+            keep = torch.randperm(len(anchors), generator=gen)[: cfg.run.max_anchors].sort().values
+            anchors, anchor_doc = anchors[keep], anchor_doc[keep]
+            positives = [positives[i] for i in keep.tolist()] if positives is not None else None
+        return TrainSet(anchors, self.corpus, anchor_doc, positives), overrides
+
+    def run(self) -> dict:
+        cfg, dims, D = self.cfg, self.cfg.run.dims, self.full_dim
+        methods = cfg.run.methods
+        fixed: dict[str, dict] = {}
+        t = time.perf_counter()
+        if "full" in methods:
+            fixed["full"] = {str(D): self.evaluate(lambda x: x)}
+        if "truncation" in methods:
+            fixed["truncation"] = {str(d): self.evaluate(lambda x, d=d: F.normalize(x[:, :d], dim=-1)) for d in dims}
+        if "pca" in methods:
+            basis = pca_basis(self.corpus)  # (D, D) uncentred, fitted on the corpus
+            fixed["pca"] = {str(d): self.evaluate(lambda x, d=d: F.normalize(x @ basis[:d].T, dim=-1)) for d in dims}
+        if "bm25" in methods:
+            qtext = [self.ds.queries[q] for q in self.eval_qids]
+            run = bm25_run(self.doc_ids, self.ds.doc_texts(), self.eval_qids, qtext, k=cfg.run.search_k)
+            fixed["bm25"] = {"sparse": evaluate_run(self.qrels, run)}
+        self.timings["untrained baselines"] = time.perf_counter() - t
+
+        settings: dict[str, dict] = {}
+        for setting in cfg.run.settings:
+            data, overrides = self.train_set(setting)
+            tcfg = replace(cfg.train, **overrides)
+            settings[setting] = dict(fixed)
+            heads = {
+                "smec": (lambda: SMECHead(D, dims, hidden=tcfg.hidden, tau=tcfg.ads_tau, noise=tcfg.ads_noise), "xbm"),
+                "mrl": (lambda: PrefixHead(D, dims, hidden=tcfg.hidden), "exact"),
+                "linear": (lambda: MultiHead(D, dims, hidden=tcfg.hidden), "exact"),
+            }
+            for method in ("linear", "mrl", "smec"):
+                if method not in methods:
+                    continue
+                make, sampler = heads[method]
+                t = time.perf_counter()
+                log.info("[%s] training %s on %d anchors", setting, method, len(data.anchors))
+                head = make()
+                train_head(head, data, tcfg, sampler, progress=cfg.run.progress)
+                self.timings[f"{setting}: train {method}"] = time.perf_counter() - t
+                save_head(head, self.out / "models" / setting / f"{method}.safetensors",
+                          extra={"setting": setting, "model": cfg.model.name, "dataset": self.ds.name})
+                settings[setting][method] = {str(d): self.evaluate(lambda x, d=d: head.compress(x, d)) for d in dims}
+        return {
+            "meta": {"dataset": self.ds.name, "model": cfg.model.name, "full_dim": D, "dims": dims,
+                     "eval_split": cfg.data.eval_split, "n_queries": len(self.eval_qids),
+                     "n_docs": len(self.doc_ids), "anchors": cfg.run.anchors, "n_anchor_queries": len(self.anchor_emb)},
+            "settings": settings,
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+        }
+
+    # -- save ----------------------------------------------------------------------------
+    def save(self, results: dict) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_config(self.cfg, self.out / "config.yaml")
+        return write_report(self.out, results)
+
+
+def run_job(cfg: Config) -> dict:
+    """setup -> run -> save; returns the results (rank 0 does the training and writing)."""
+    t0 = time.perf_counter()
+    job = Job(cfg)
+    job.setup()
+    if not dist.is_main():  # the cache is sharded over ranks; training a head is one process's work
+        return {}
+    results = job.run()
+    results["timings"]["total"] = round(time.perf_counter() - t0, 2)
+    paths = job.save(results)
+    print(print_table(results))
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    return results
