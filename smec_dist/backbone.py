@@ -170,6 +170,29 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     raise SmecError(f"pooling '{how}' is not one of {', '.join(POOLINGS)}")
 
 
+def resolve_pooling(model: str, pooling: str | None, append_eos: bool | None) -> tuple[str, bool]:
+    """The pooling and EOS rule a model runs with: explicit values, else the alias's defaults."""
+    alias = MODEL_ALIASES.get(model.lower())
+    if pooling is None:
+        pooling = alias[1] if alias else "mean"
+    if pooling not in POOLINGS:
+        raise SmecError(f"pooling '{pooling}' is not one of {', '.join(POOLINGS)}")
+    if append_eos is None:
+        append_eos = alias[2] if alias else pooling == "last"
+    return pooling, append_eos
+
+
+def model_width(model: str, cache_dir: Path | None = None) -> int:
+    """The backbone's hidden size, read from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    path = resolve_model(model, cache_dir)
+    try:
+        return int(AutoConfig.from_pretrained(path).hidden_size)
+    except (OSError, ValueError) as exc:
+        raise SmecError(f"model '{model}': config could not be read from {path}: {str(exc).splitlines()[0]}") from exc
+
+
 def load_encoder(model: str, pooling: str | None = None, normalize: bool = True,
                  max_length: int = 256, append_eos: bool | None = None, device: str = "cpu",
                  dtype: str = "float32", cache_dir: Path | None = None) -> Encoder:
@@ -181,14 +204,10 @@ def load_encoder(model: str, pooling: str | None = None, normalize: bool = True,
         append_eos: append the EOS token (decoder LLMs with last-token pooling).
     """
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    alias = MODEL_ALIASES.get(model.lower())
-    if pooling is None:
-        pooling = alias[1] if alias else "mean"
-    if pooling not in POOLINGS:
-        raise SmecError(f"pooling '{pooling}' is not one of {', '.join(POOLINGS)}")
-    if append_eos is None:
-        append_eos = alias[2] if alias else pooling == "last"
+    hf_logging.disable_progress_bar()  # its per-tensor bars would bury our own progress and errors
+    pooling, append_eos = resolve_pooling(model, pooling, append_eos)
     path = resolve_model(model, cache_dir)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     try:

@@ -244,6 +244,21 @@ def spec_differences(stored: Mapping, requested: Mapping) -> list[tuple[str, Any
     return diffs
 
 
+def check_complete_cache(cache_dir: str | os.PathLike, requested: Mapping) -> None:
+    """Refuse to reuse a complete cache built for something else (model, pooling, ids ...).
+
+    ``requested`` is a :func:`cache_spec`-shaped dict; keys it lacks are not compared.
+    """
+    root = Path(cache_dir)
+    stored = _read_json(root / SPEC, "cache spec")
+    stored = {k: v for k, v in stored.items() if k in requested} if isinstance(stored, dict) else {}
+    diffs = [d for d in spec_differences(stored, requested) if d[0] in requested or d[0].startswith("parts.")]
+    if diffs:
+        key, old, new = diffs[0]
+        raise SmecError(f"{root / SPEC}: this cache was built with {key}={_show(old)} but this run asks for "
+                        f"{key}={_show(new)}; choose another cache dir or delete {root}")
+
+
 def _show(value: Any) -> str:
     return "(absent)" if value is None else json.dumps(value)
 

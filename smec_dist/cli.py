@@ -55,7 +55,11 @@ def _compress(args) -> None:
         x = np.load(src, allow_pickle=False)
     except ValueError as exc:
         raise SmecError(f"{src}: not a numeric .npy array ({exc})") from exc
-    y = CompressedModel.load(args.head).compress(x, args.dim)
+    model = CompressedModel.load(args.head)
+    try:
+        y = model.compress(x, args.dim)
+    except SmecError as exc:
+        raise SmecError(f"{src}: {exc}") from exc
     out = Path(args.output)
     tmp = out.with_name(out.name + ".tmp.npy")
     np.save(tmp, y)

@@ -189,6 +189,11 @@ def _coerce(key: str, value: Any, typ) -> Any:
         return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if typ is bool and not isinstance(value, bool):
         raise SmecError(f"{key}: expected true or false, got {value!r}")
     if typ in (int, float, str) and (not isinstance(value, typ) or isinstance(value, bool)):
@@ -211,7 +216,12 @@ def _build(cls, values: dict, prefix: str, source: str):
             kwargs[key] = _build(typ, value, f"{prefix}{key}.", source)
         else:
             kwargs[key] = _coerce(f"{source}: {prefix}{key}", value, typ)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except SmecError as exc:
+        if source == "defaults" or str(exc).startswith(source):
+            raise
+        raise SmecError(f"{source}: {exc}") from exc
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -252,7 +262,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.exists():
             raise SmecError(f"{path}: config file not found")
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SmecError(f"{path}: cannot read the config file ({type(exc).__name__}: {exc})") from exc
+        try:
+            values = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark else ""

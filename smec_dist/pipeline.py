@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
-from .backbone import load_encoder
-from .cache import build_cache, is_complete, load_cache
+from .backbone import load_encoder, model_width, resolve_pooling
+from .cache import build_cache, check_complete_cache, ids_sha256, is_complete, load_cache
 from .config import Config, dump_config
 from .data import ensure_dataset, eval_qrels, load_beir, load_query_file, select_anchor_queries
 from .errors import SmecError
@@ -47,15 +47,21 @@ def encode(cfg: Config, ds=None, extra_texts: dict[str, tuple[list[str], list[st
     Runs on one process or sharded over the ranks of ``accelerate launch``.
     """
     cache_dir = Path(cache_dir or cache_dir_for(cfg))
-    if is_complete(cache_dir):
-        log.info("embedding cache %s is complete: reusing it", cache_dir)
-        return cache_dir
     if ds is None:
         ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
     parts = extra_texts or {
         "corpus": (ds.doc_ids(), ds.doc_texts()),
         "queries": (list(ds.queries), list(ds.queries.values())),
     }
+    if is_complete(cache_dir):
+        pooling, append_eos = resolve_pooling(cfg.model.name, cfg.model.pooling, None)
+        check_complete_cache(cache_dir, {
+            "model": cfg.model.name, "pooling": pooling, "append_eos": append_eos,
+            "max_length": cfg.model.max_length, "dtype": cfg.cache.dtype,
+            "parts": {name: {"count": len(ids), "ids_sha256": ids_sha256(ids)} for name, (ids, _) in parts.items()},
+        })
+        log.info("embedding cache %s is complete and matches: reusing it", cache_dir)
+        return cache_dir
     encoder = load_encoder(cfg.model.name, pooling=cfg.model.pooling, max_length=cfg.model.max_length,
                            device=cfg.model.device, dtype=cfg.model.dtype)
     build_cache(cache_dir, encoder, cfg.model.name, parts, dataset_path=str(ds.root), dtype=cfg.cache.dtype,
@@ -88,8 +94,23 @@ class Job:
         if cfg.data.eval_split not in self.ds.qrels:
             raise SmecError(f"data.eval_split: '{cfg.data.eval_split}' is not a split of {self.ds.root} "
                             f"(present: {', '.join(self.ds.splits)})")
-        anchor_texts, anchor_ids = select_anchor_queries(self.ds, cfg.run.anchors, cfg.data.eval_split, seed=cfg.train.seed)
+        try:
+            anchor_texts, anchor_ids = select_anchor_queries(self.ds, cfg.run.anchors, cfg.data.eval_split,
+                                                             seed=cfg.train.seed)
+        except SmecError as exc:
+            raise SmecError(f"run.anchors: {exc}") from exc
         self.qrels = eval_qrels(self.ds, cfg.data.eval_split, set(anchor_ids))
+        if "supervised" in cfg.run.settings:
+            split = cfg.run.supervised_split
+            if split not in self.ds.qrels:
+                raise SmecError(f"run.supervised_split: '{split}' is not a split of {self.ds.root} "
+                                f"(present: {', '.join(self.ds.splits)})")
+            if split == cfg.data.eval_split:
+                raise SmecError(f"run.supervised_split: '{split}' is the eval split; training on its judgments would leak")
+        # the cheap checks come before encoding, which can take hours on a large corpus
+        width = model_width(cfg.model.name)
+        if cfg.run.dims[0] >= width:
+            raise SmecError(f"run.dims: {cfg.run.dims[0]} is not below the backbone width {width}")
         self.timings["load data"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -97,8 +118,6 @@ class Job:
         cache = load_cache(cache_dir)
         self.timings["encode (cache)"] = time.perf_counter() - t
         self.full_dim = cache.dim
-        if cfg.run.dims[0] >= self.full_dim:
-            raise SmecError(f"run.dims: {cfg.run.dims[0]} is not below the backbone width {self.full_dim}")
         self.doc_ids = cache.ids("corpus")
         self.query_ids = cache.ids("queries")
         self.corpus = F.normalize(torch.from_numpy(cache.embeddings("corpus")), dim=-1)  # (n_c, D)
@@ -137,10 +156,6 @@ class Job:
             anchors, anchor_doc, positives = self.corpus, torch.arange(len(self.corpus)), None
         else:
             split = cfg.run.supervised_split
-            if split not in self.ds.qrels:
-                raise SmecError(f"run.supervised_split: '{split}' is not a split of {self.ds.root}")
-            if split == cfg.data.eval_split:
-                raise SmecError(f"run.supervised_split: '{split}' is the eval split; training on its judgments would leak")
             dpos = {d: i for i, d in enumerate(self.doc_ids)}
             qids = [q for q in self.query_ids if any(s > 0 for s in self.ds.qrels[split].get(q, {}).values())]
             positives = [[dpos[d] for d, s in self.ds.qrels[split][q].items() if s > 0] for q in qids]

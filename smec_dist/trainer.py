@@ -154,8 +154,7 @@ def smec_phases(head: SMECHead, data: TrainSet, cfg: TrainConfig) -> list[Phase]
     for s, stage in enumerate(head.stages):
         def start(s=s, stage=stage):
             with torch.no_grad():  # PCA of this stage's (frozen) input: its first dims carry most energy
-                basis_src = torch.cat([data.corpus, data.anchors]) if cfg.pca_on_anchors else data.corpus
-                stage.transform.linear.weight.copy_(pca_basis(head.stage_input(basis_src, s)))
+                stage.transform.linear.weight.copy_(pca_basis(head.stage_input(_basis_src(data, cfg), s)))
 
         def student(x, s=s, stage=stage):
             with torch.no_grad():
