@@ -82,30 +82,47 @@ class CacheConfig:
 @dataclass
 class TrainConfig:
     """How a head is trained on cached embeddings (the same objective for SMEC and the
-    trained baselines, so the comparison isolates SMEC's parts)."""
+    trained baselines, so the comparison isolates SMEC's parts).
+
+    Attributes:
+        epochs: passes over the anchors per phase (an SMRL stage, or a baseline's map).
+        lr_schedule: ``cosine`` (to 0 at the end of each phase) or ``constant``.
+        ads_lr: learning rate of the ADS importance scores.
+        temperature: softmax temperature of the listwise KL loss.
+        topk: hard samples per anchor (from the S-XBM queue, or an exact search for baselines).
+        queue_size: S-XBM capacity; ``prefill`` fills it from the corpus before training
+            (the teacher is frozen, so queued vectors never go stale).
+        high_weight: weight of L(d_{s-1}) on a stage's transformed input.
+        lookahead: later stages whose dims each SMRL stage also scores on its leading dims
+            (-1 all, 0 off), weighted by ``lookahead_weight``.
+        ads_noise / ads_tau / ads_anneal: Gumbel noise scale, relaxed top-k temperature, and
+            the fraction of a stage after which the selection is fixed.
+        infonce_weight: weight of InfoNCE (the supervised setting sets it from
+            ``run.supervised_infonce_weight``).
+    """
 
     epochs: int = 20
     max_steps_per_phase: int = 0
     batch_size: int = 64
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"
     ads_lr: float = 1e-2
     weight_decay: float = 0.0
     hidden: int = 0
     temperature: float = 0.02
-    topk: int = 100
+    topk: int = 200
     queue_size: int = 65536
     prefill: bool = True
     kl_weight: float = 1.0
     high_weight: float = 1.0
-    lookahead: int = 0
+    lookahead: int = -1
     lookahead_weight: float = 0.5
     pairwise_weight: float = 0.0
     infonce_weight: float = 0.0
     infonce_temperature: float = 0.05
     ads_tau: float = 0.1
     ads_noise: float = 1.0
-    ads_anneal: float = 0.8
+    ads_anneal: float = 0.6
     pca_on_anchors: bool = True
     seed: int = 0
 
@@ -118,6 +135,8 @@ class TrainConfig:
                     "pairwise_weight", "infonce_weight", "ads_noise"):
             _positive(f"train.{key}", getattr(self, key), zero_ok=True)
         _one_of("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        if self.lookahead < -1:
+            raise SmecError(f"train.lookahead: {self.lookahead} must be -1 (all later stages), 0 (off) or a count")
 
 
 @dataclass
@@ -133,6 +152,8 @@ class RunConfig:
             ``file:<path>`` or ``holdout:<fraction>`` (a part of the eval split's queries,
             which are then left out of the scores).
         max_anchors: a random subset of at most this many anchors per setting (0 = all).
+        seeds: training seeds of the trained methods; metrics are averaged over them (with
+            their standard deviation), and the first seed's heads are exported.
     """
 
     output_dir: str = "runs/scifact-minilm"
@@ -142,7 +163,8 @@ class RunConfig:
     anchors: str = "split:train"
     supervised_split: str = "train"
     supervised_infonce_weight: float = 1.0
-    max_anchors: int = 2000
+    max_anchors: int = 1000
+    seeds: list[int] = field(default_factory=lambda: [0])
     search_k: int = 100
     progress: bool = True
 
@@ -159,6 +181,8 @@ class RunConfig:
         for m in self.methods:
             _one_of("run.methods", m, METHODS)
         _positive("run.max_anchors", self.max_anchors, zero_ok=True)
+        if not self.seeds:
+            raise SmecError("run.seeds: at least one seed is needed")
         _positive("run.search_k", self.search_k)
 
 

@@ -200,17 +200,23 @@ class Job:
                     continue
                 make, sampler = heads[method]
                 t = time.perf_counter()
-                log.info("[%s] training %s on %d anchors", setting, method, len(data.anchors))
-                head = make()
-                train_head(head, data, tcfg, sampler, progress=cfg.run.progress)
+                per_seed = []
+                for i, seed in enumerate(cfg.run.seeds):
+                    log.info("[%s] training %s on %d anchors (seed %d)", setting, method, len(data.anchors), seed)
+                    head = make()
+                    train_head(head, data, replace(tcfg, seed=seed), sampler, progress=cfg.run.progress)
+                    if i == 0:  # the exported model is the first seed's
+                        save_head(head, self.out / "models" / setting / f"{method}.safetensors",
+                                  extra={"setting": setting, "model": cfg.model.name, "dataset": self.ds.name,
+                                         "seed": seed})
+                    per_seed.append({str(d): self.evaluate(lambda x, d=d: head.compress(x, d)) for d in dims})
                 self.timings[f"{setting}: train {method}"] = time.perf_counter() - t
-                save_head(head, self.out / "models" / setting / f"{method}.safetensors",
-                          extra={"setting": setting, "model": cfg.model.name, "dataset": self.ds.name})
-                settings[setting][method] = {str(d): self.evaluate(lambda x, d=d: head.compress(x, d)) for d in dims}
+                settings[setting][method] = _mean_over_seeds(per_seed)
         return {
             "meta": {"dataset": self.ds.name, "model": cfg.model.name, "full_dim": D, "dims": dims,
                      "eval_split": cfg.data.eval_split, "n_queries": len(self.eval_qids),
-                     "n_docs": len(self.doc_ids), "anchors": cfg.run.anchors, "n_anchor_queries": len(self.anchor_emb)},
+                     "n_docs": len(self.doc_ids), "anchors": cfg.run.anchors, "n_anchor_queries": len(self.anchor_emb),
+                     "seeds": list(cfg.run.seeds)},
             "settings": settings,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
@@ -222,15 +228,26 @@ class Job:
         return write_report(self.out, results)
 
 
+def _mean_over_seeds(per_seed: list[dict]) -> dict:
+    """Average each metric over seeds; with several seeds, add ``<metric> std`` (population)."""
+    out = {}
+    for dim in per_seed[0]:
+        out[dim] = {}
+        for metric in per_seed[0][dim]:
+            vals = np.array([r[dim][metric] for r in per_seed], dtype=np.float64)
+            out[dim][metric] = float(vals.mean())
+            if len(vals) > 1:
+                out[dim][f"{metric} std"] = float(vals.std())
+    return out
+
+
 def run_job(cfg: Config) -> dict:
     """setup -> run -> save; returns the results (rank 0 does the training and writing)."""
-    t0 = time.perf_counter()
     job = Job(cfg)
     job.setup()
     if not dist.is_main():  # the cache is sharded over ranks; training a head is one process's work
         return {}
     results = job.run()
-    results["timings"]["total"] = round(time.perf_counter() - t0, 2)
     paths = job.save(results)
     print(print_table(results))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")

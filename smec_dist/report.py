@@ -256,7 +256,13 @@ def setting_table_markdown(results: Mapping[str, Any], setting: str, metric: str
     """
     full = str(results["meta"]["full_dim"])
     dims = _compressed_dims(results)
-    cells = _bold_best(_grid(results["settings"][setting], full, dims, metric))
+    methods = results["settings"][setting]
+    cells = _bold_best(_grid(methods, full, dims, metric))
+    for m, row in cells.items():  # several training seeds: mean ± standard deviation
+        for c, d in enumerate(dims, start=1):
+            std = methods[m].get(d, {}).get(f"{metric} std")
+            if std is not None:
+                row[c] = f"{row[c]} ± {float(std):.3f}"
     header = ["Method", f"{full} (full)"] + dims
     return _md_table(header, [[_method_label(m)] + row for m, row in cells.items()])
 

@@ -50,6 +50,26 @@ class TrainSet:
         return int(self.corpus.shape[1])
 
 
+@dataclass
+class Samples:
+    """Each anchor's hard samples, stored once per distinct document.
+
+    Neighbourhoods of a batch overlap heavily (64 SciFact queries x 200 samples touch about
+    4,300 distinct documents), so the head runs on the distinct ones and gathers.
+
+    Attributes:
+        emb: (u, D) teacher vectors of the distinct samples.
+        rows: (u,) their corpus rows.
+        inverse: (n, k) index into ``emb`` of each anchor's j-th sample.
+        sims: (n, k) teacher similarities.
+    """
+
+    emb: torch.Tensor
+    rows: torch.Tensor
+    inverse: torch.Tensor
+    sims: torch.Tensor
+
+
 class QueueSampler:
     """Hard samples from the S-XBM queue: a FIFO of corpus teacher vectors, fed as training
     streams through the corpus; each anchor takes its top-k most similar entries."""
@@ -67,9 +87,10 @@ class QueueSampler:
         self.cursor = (self.cursor + n) % len(self.order)
         self.queue.enqueue(self.data.corpus[rows], rows)
 
-    def sample(self, anchors: torch.Tensor, anchor_doc: torch.Tensor, k: int):
+    def sample(self, anchors: torch.Tensor, anchor_doc: torch.Tensor, k: int) -> "Samples":
         slots, sims = self.queue.topk(anchors, k, exclude=anchor_doc)  # (n, k), (n, k)
-        return self.queue.emb[slots], sims, self.queue.ids[slots]  # (n, k, D), (n, k), (n, k)
+        uniq, inverse = torch.unique(slots, return_inverse=True)  # (u,), (n, k)
+        return Samples(self.queue.emb[uniq], self.queue.ids[uniq], inverse, sims)
 
 
 class ExactSampler:
@@ -89,47 +110,40 @@ class ExactSampler:
             rows.append(r)
         self.sims, self.rows = torch.cat(vals), torch.cat(rows)  # (n_a, k) each
 
-    def sample_rows(self, idx: torch.Tensor):
-        rows = self.rows[idx]  # (n, k)
-        return self.data.corpus[rows], self.sims[idx], rows
+    def sample_rows(self, idx: torch.Tensor) -> "Samples":
+        uniq, inverse = torch.unique(self.rows[idx], return_inverse=True)  # (u,), (n, k)
+        return Samples(self.data.corpus[uniq], uniq, inverse, self.sims[idx])
 
 
 Student = Callable[[torch.Tensor], list[tuple[float, torch.Tensor]]]
 
 
-def _split(out, n: int, k: int):
-    """Anchor, sample and positive blocks of a student output, plus the similarity weight."""
-    if isinstance(out, Masked):
-        emb, w = out.normalized(), out.mask  # (m, d), (d,)
-    else:
-        emb, w = out, None
-    return emb[:n], emb[n:n + n * k].view(n, k, -1), emb[n + n * k:], w
-
-
-def objective(student: Student, anchors: torch.Tensor, cands: torch.Tensor, tsims: torch.Tensor,
-              cand_rows: torch.Tensor, pos: torch.Tensor | None, pos_rows: list[list[int]] | None,
-              cfg: TrainConfig) -> torch.Tensor:
+def objective(student: Student, anchors: torch.Tensor, samples: Samples, pos: torch.Tensor | None,
+              pos_rows: list[list[int]] | None, cfg: TrainConfig) -> torch.Tensor:
     """The loss of one batch, summed over the student's weighted outputs (dims).
 
     Args:
         student: maps teacher vectors (m, D) to a list of (weight, output) where output is
             a normalised (m, d) tensor or a :class:`Masked` selection.
-        anchors: (n, D); cands: (n, k, D) hard samples; tsims: (n, k) their teacher sims.
-        cand_rows: (n, k) corpus rows of the samples; pos: (n, D) one positive per anchor.
+        anchors: (n, D) teacher vectors of the anchors.
+        samples: their hard samples (teacher similarities included).
+        pos: (n, D) one positive per anchor (supervised), with ``pos_rows`` listing each
+            anchor's positive rows, the chosen one first.
     """
-    n, k, width = cands.shape
-    stacked = torch.cat([anchors, cands.reshape(n * k, width)] + ([pos] if pos is not None else []))  # (n + n k [+ n], D)
+    n, u = len(anchors), len(samples.emb)
+    stacked = torch.cat([anchors, samples.emb] + ([pos] if pos is not None else []))  # (n + u [+ n], D)
     total = anchors.new_zeros(())
     for weight, out in student(stacked):
-        qa, sc, sp, w = _split(out, n, k)  # (n, d), (n, k, d), (n or 0, d), (d,) or None
+        emb, w = (out.normalized(), out.mask) if isinstance(out, Masked) else (out, None)
+        qa, su, sp = emb[:n], emb[n:n + u], emb[n + u:]  # (n, d), (u, d), (n or 0, d)
         qw = qa if w is None else qa * w  # the mask enters each similarity once
-        s = torch.einsum("nd,nkd->nk", qw, sc)  # (n, k)
-        loss = cfg.kl_weight * listwise_kl(s, tsims, cfg.temperature)
+        s = (qw @ su.T).gather(1, samples.inverse)  # (n, u) -> (n, k)
+        loss = cfg.kl_weight * listwise_kl(s, samples.sims, cfg.temperature)
         if cfg.pairwise_weight:
-            loss = loss + cfg.pairwise_weight * pairwise_mse(s, tsims)
+            loss = loss + cfg.pairwise_weight * pairwise_mse(s, samples.sims)
         if cfg.infonce_weight and pos is not None:
-            docs = torch.cat([sp, sc.reshape(n * k, -1)])  # (n + n k, d)
-            rows = torch.cat([torch.tensor([r[0] for r in pos_rows]), cand_rows.reshape(-1)])  # (n + n k,)
+            docs = torch.cat([sp, su])  # (n + u, d) in-batch positives, then every distinct sample
+            rows = torch.cat([torch.tensor([r[0] for r in pos_rows]), samples.rows])  # (n + u,)
             allowed = torch.ones(n, len(rows), dtype=torch.bool)
             for i, mine in enumerate(pos_rows):  # other positives of the same query are not negatives
                 allowed[i] = ~torch.isin(rows, torch.tensor(mine))
@@ -161,7 +175,8 @@ def smec_phases(head: SMECHead, data: TrainSet, cfg: TrainConfig) -> list[Phase]
                 x = head.stage_input(x, s)  # (m, d_{s-1}) frozen earlier stages
             z = stage.transform(x)  # (m, d_{s-1})
             out = [(1.0, Masked(z, stage.ads.mask()))]
-            for j in range(s + 1, min(len(head.dims), s + 1 + cfg.lookahead)):
+            ahead = len(head.dims) if cfg.lookahead < 0 else cfg.lookahead
+            for j in range(s + 1, min(len(head.dims), s + 1 + ahead)):
                 # later stages will carve d_j dims out of this stage's output: keep such a
                 # subspace good now (the leading dims by current importance stand in for it)
                 keep = torch.zeros(z.shape[1])
@@ -258,17 +273,15 @@ def train_head(head, data: TrainSet, cfg: TrainConfig, sampler: str, progress: b
             pos_in_perm += cfg.batch_size
             anchors = data.anchors[idx]  # (n, D)
             phase.progress(step / steps)
-            if queue is not None:
-                cands, tsims, rows = queue.sample(anchors, data.anchor_doc[idx], cfg.topk)
-            else:
-                cands, tsims, rows = exact.sample_rows(idx)
+            samples = queue.sample(anchors, data.anchor_doc[idx], cfg.topk) if queue is not None \
+                else exact.sample_rows(idx)
             pos = pos_rows = None
             if data.positives is not None and cfg.infonce_weight:
                 pos_rows = [data.positives[i] for i in idx.tolist()]
                 pick = [r[int(torch.randint(len(r), (1,), generator=gen))] for r in pos_rows]
                 pos = data.corpus[torch.tensor(pick)]  # (n, D)
                 pos_rows = [[p] + [r for r in rs if r != p] for p, rs in zip(pick, pos_rows)]
-            loss = objective(phase.student, anchors, cands, tsims, rows, pos, pos_rows, cfg)
+            loss = objective(phase.student, anchors, samples, pos, pos_rows, cfg)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss in {phase.name} at step {step}")
             opt.zero_grad(set_to_none=True)
