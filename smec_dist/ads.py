@@ -78,8 +78,11 @@ class ADSelector(nn.Module):
         return hard + soft - soft.detach()
 
     def forward(self, x: torch.Tensor, masked: bool) -> torch.Tensor:
-        """``masked=True``: (n, d) with dropped dims zeroed (training, gradient to scores).
-        ``masked=False``: (n, k) gather of the fixed index list (inference)."""
+        """``masked=True``: (n, d) with dropped dims zeroed; ``masked=False``: (n, k) gather of
+        the fixed index list (inference).
+
+        For training losses on similarities use :class:`Masked` (as the trainer does): two
+        vectors both masked here give dropped dims no gradient (m_i squared at m_i = 0)."""
         if masked:
             return x * self.mask()  # (n, d)
         return x.index_select(-1, self.index().to(x.device))  # (n, k)

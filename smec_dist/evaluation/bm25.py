@@ -62,6 +62,8 @@ def _tokenize(texts: Sequence[str], stopwords: str | None, stemmer: object) -> l
     """Token strings per text (strings, not ids, so corpus and queries share one vocabulary)."""
     import bm25s
 
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
+
     try:
         tokens = bm25s.tokenize(
             [t if isinstance(t, str) else "" for t in texts],
@@ -121,6 +123,8 @@ def bm25_run(
             or a corpus in which no document has any token.
     """
     import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
 
     _check_ids(doc_ids, doc_texts, "doc")
     _check_ids(query_ids, query_texts, "query")
