@@ -252,11 +252,16 @@ def check_complete_cache(cache_dir: str | os.PathLike, requested: Mapping) -> No
     root = Path(cache_dir)
     stored = _read_json(root / SPEC, "cache spec")
     stored = {k: v for k, v in stored.items() if k in requested} if isinstance(stored, dict) else {}
-    diffs = [d for d in spec_differences(stored, requested) if d[0] in requested or d[0].startswith("parts.")]
+    diffs = spec_differences(stored, requested)  # keys absent on both sides compare equal
     if diffs:
-        key, old, new = diffs[0]
-        raise SmecError(f"{root / SPEC}: this cache was built with {key}={_show(old)} but this run asks for "
-                        f"{key}={_show(new)}; choose another cache dir or delete {root}")
+        raise _mismatch(root, diffs)
+
+
+def _mismatch(root: Path, diffs: list[tuple[str, Any, Any]]) -> SmecError:
+    key, old, new = diffs[0]
+    more = f" (and {len(diffs) - 1} more difference{'s' * (len(diffs) > 2)})" if len(diffs) > 1 else ""
+    return SmecError(f"{root / SPEC}: this cache was built with {key}={_show(old)} but this run asks for "
+                     f"{key}={_show(new)}{more}; choose another cache dir or delete {root}")
 
 
 def _show(value: Any) -> str:
@@ -281,12 +286,7 @@ def _check_spec(root: Path, spec: dict) -> None:
             raise SmecError(f"{spec_path}: malformed cache spec (not a JSON object)")
         diffs = spec_differences(stored, spec)
         if diffs:
-            key, old, new = diffs[0]
-            more = f" (and {len(diffs) - 1} more difference{'s' * (len(diffs) > 2)})" if len(diffs) > 1 else ""
-            raise SmecError(
-                f"{spec_path}: this cache was built with {key}={_show(old)} but this run "
-                f"asks for {key}={_show(new)}{more}; choose another cache dir or delete {root}"
-            )
+            raise _mismatch(root, diffs)
         return
     if stray:
         raise SmecError(

@@ -58,11 +58,17 @@ def _check_ids(ids: Sequence[str], texts: Sequence[str], what: str) -> None:
         seen.add(i)
 
 
-def _tokenize(texts: Sequence[str], stopwords: str | None, stemmer: object) -> list[list[str]]:
-    """Token strings per text (strings, not ids, so corpus and queries share one vocabulary)."""
+def _bm25s():
+    """Import bm25s, quieting the DEBUG level it gives its own logger on import."""
     import bm25s
 
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+def _tokenize(texts: Sequence[str], stopwords: str | None, stemmer: object) -> list[list[str]]:
+    """Token strings per text (strings, not ids, so corpus and queries share one vocabulary)."""
+    bm25s = _bm25s()
 
     try:
         tokens = bm25s.tokenize(
@@ -122,9 +128,7 @@ def bm25_run(
         SmecError: On mismatched or duplicate ids, ``k < 1``, an unknown stopword language,
             or a corpus in which no document has any token.
     """
-    import bm25s
-
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import
+    bm25s = _bm25s()
 
     _check_ids(doc_ids, doc_texts, "doc")
     _check_ids(query_ids, query_texts, "query")
