@@ -1,13 +1,22 @@
 """The only module that talks to torch.distributed.
 
 Everything here works unchanged on a single process (a gather returns its input, a
-barrier returns at once), so callers never branch on the launcher.
+barrier returns at once, an average of gradients leaves them as they are), so callers
+never branch on the launcher.
+
+Loss scaling rule (one place, here): every rank computes the mean loss over its own
+queries against the documents of all ranks (:func:`gather` keeps their gradients), and
+gradients are then averaged over ranks (DDP and DeepSpeed do it for the backbone,
+:func:`average_grads` for the replicated head). Since :func:`gather`'s backward sums the
+gradients every rank sends back to a rank's slice, the average of the per-rank means is
+exactly the mean loss of one process over the concatenated batch: no other rescaling.
 """
 
 from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import Iterable
 
 import torch
 
@@ -21,13 +30,25 @@ def state():
     """Accelerate's process state, with gloo when there is no GPU.
 
     Without the explicit gloo backend on CPU, ranks started by ``accelerate launch`` can
-    each believe they are rank 0 of 1 (see ENVIRONMENT.md); gloo avoids that.
+    each believe they are rank 0 of 1 (see ENVIRONMENT.md); gloo avoids that. When an
+    ``Accelerator`` exists already, this is its (shared) state.
     """
     from accelerate import PartialState
 
     if launched_distributed() and not torch.cuda.is_available():
         return PartialState(backend="gloo")
     return PartialState()
+
+
+def process_group_kwargs() -> list:
+    """Kwargs handlers every ``Accelerator`` is built with: gloo when there is no GPU."""
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+
+
+def _active() -> bool:
+    return launched_distributed() and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def rank() -> int:
@@ -54,3 +75,56 @@ def all_gather_object(obj) -> list:
     out = [None] * world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not _active():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``x`` (n, ...) in rank order, keeping gradients.
+
+    The backward pass returns to each rank the sum of the gradients all ranks computed for
+    its slice (see the module docstring for why that is the right scale). Every rank must
+    pass the same shape.
+    """
+    if not _active():
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)  # (world * n, ...)
+
+
+@torch.no_grad()
+def gather_detached(x: torch.Tensor) -> torch.Tensor:
+    """Like :func:`gather` but without gradients (queue entries, ids)."""
+    if not _active():
+        return x.detach()
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    torch.distributed.all_gather(parts, x.detach().contiguous())
+    return torch.cat(parts, dim=0)  # (world * n, ...)
+
+
+@torch.no_grad()
+def average_grads(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average the gradients of replicated parameters over ranks (one flat all-reduce).
+
+    Parameters without a gradient on this rank count as zeros, so every rank takes part
+    in the same collective.
+    """
+    params = [p for p in params if p.requires_grad]
+    if not _active() or not params:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    torch.distributed.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n

@@ -8,6 +8,7 @@ hard samples come from (the S-XBM queue, or an exact search of the whole corpus)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -118,39 +119,66 @@ class ExactSampler:
 Student = Callable[[torch.Tensor], list[tuple[float, torch.Tensor]]]
 
 
-def objective(student: Student, anchors: torch.Tensor, samples: Samples, pos: torch.Tensor | None,
-              pos_rows: list[list[int]] | None, cfg: TrainConfig) -> torch.Tensor:
-    """The loss of one batch, summed over the student's weighted outputs (dims).
+@dataclass
+class Positives:
+    """Judged positives for the InfoNCE term.
+
+    Attributes:
+        emb: (m, D) positive documents: one per anchor of this process, or, in end-to-end
+            mode, gathered from every rank (so the in-batch negatives span all ranks).
+        rows: (m,) their corpus rows.
+        labels: (n,) index into ``emb`` of each anchor's positive (offset by rank when
+            gathered).
+        judged: per anchor, every corpus row judged relevant: never used as a negative.
+    """
+
+    emb: torch.Tensor
+    rows: torch.Tensor
+    labels: torch.Tensor
+    judged: list[list[int]]
+
+
+def objective(student: Student, anchors: torch.Tensor, samples: Samples, pos: Positives | None,
+              cfg: TrainConfig) -> torch.Tensor:
+    """The loss of one batch (mean over its anchors), summed over the student's weighted
+    outputs (dims).
 
     Args:
         student: maps teacher vectors (m, D) to a list of (weight, output) where output is
             a normalised (m, d) tensor or a :class:`Masked` selection.
         anchors: (n, D) teacher vectors of the anchors.
-        samples: their hard samples (teacher similarities included).
-        pos: (n, D) one positive per anchor (supervised), with ``pos_rows`` listing each
-            anchor's positive rows, the chosen one first.
+        samples: their hard samples (teacher similarities included; may hold none yet when
+            an end-to-end queue is still empty).
+        pos: judged positives (supervised), or None.
     """
     n, u = len(anchors), len(samples.emb)
-    stacked = torch.cat([anchors, samples.emb] + ([pos] if pos is not None else []))  # (n + u [+ n], D)
+    use_pos = pos is not None and cfg.infonce_weight > 0
+    stacked = torch.cat([anchors, samples.emb] + ([pos.emb] if use_pos else []))  # (n + u [+ m], D)
+    if use_pos:
+        docs_rows = torch.cat([pos.rows, samples.rows])  # (m + u,) in-batch positives, then every distinct sample
+        allowed = torch.ones(n, len(docs_rows), dtype=torch.bool)
+        for i, mine in enumerate(pos.judged):  # other positives of the same query are not negatives
+            allowed[i] = ~torch.isin(docs_rows, torch.tensor(mine, dtype=torch.long))
+        allowed[torch.arange(n), pos.labels] = True
     total = anchors.new_zeros(())
     for weight, out in student(stacked):
         emb, w = (out.normalized(), out.mask) if isinstance(out, Masked) else (out, None)
-        qa, su, sp = emb[:n], emb[n:n + u], emb[n + u:]  # (n, d), (u, d), (n or 0, d)
+        qa, su, sp = emb[:n], emb[n:n + u], emb[n + u:]  # (n, d), (u, d), (m or 0, d)
         qw = qa if w is None else qa * w  # the mask enters each similarity once
-        s = (qw @ su.T).gather(1, samples.inverse)  # (n, u) -> (n, k)
-        loss = cfg.kl_weight * listwise_kl(s, samples.sims, cfg.temperature)
-        if cfg.pairwise_weight:
-            loss = loss + cfg.pairwise_weight * pairwise_mse(s, samples.sims)
-        if cfg.infonce_weight and pos is not None:
-            docs = torch.cat([sp, su])  # (n + u, d) in-batch positives, then every distinct sample
-            rows = torch.cat([torch.tensor([r[0] for r in pos_rows]), samples.rows])  # (n + u,)
-            allowed = torch.ones(n, len(rows), dtype=torch.bool)
-            for i, mine in enumerate(pos_rows):  # other positives of the same query are not negatives
-                allowed[i] = ~torch.isin(rows, torch.tensor(mine))
-            allowed[torch.arange(n), torch.arange(n)] = True
-            loss = loss + cfg.infonce_weight * info_nce(qw, docs, torch.arange(n), cfg.infonce_temperature, allowed)
+        loss = anchors.new_zeros(())
+        if samples.inverse.shape[1]:
+            s = (qw @ su.T).gather(1, samples.inverse)  # (n, u) -> (n, k)
+            loss = loss + cfg.kl_weight * listwise_kl(s, samples.sims, cfg.temperature)
+            if cfg.pairwise_weight:
+                loss = loss + cfg.pairwise_weight * pairwise_mse(s, samples.sims)
+        if use_pos:
+            docs = torch.cat([sp, su])  # (m + u, d)
+            loss = loss + cfg.infonce_weight * info_nce(qw, docs, pos.labels, cfg.infonce_temperature, allowed)
         total = total + weight * loss
     return total
+
+
+Basis = Callable[[], torch.Tensor]
 
 
 class Phase:
@@ -162,13 +190,16 @@ class Phase:
         self.progress: Callable[[float], None] = lambda frac: None
 
 
-def smec_phases(head: SMECHead, data: TrainSet, cfg: TrainConfig) -> list[Phase]:
-    """One phase per SMRL stage: stage s trains L(d_{s-1}) + L(d_s), earlier stages frozen."""
+def smec_phases(head: SMECHead, basis: Basis, cfg: TrainConfig) -> list[Phase]:
+    """One phase per SMRL stage: stage s trains L(d_{s-1}) + L(d_s), earlier stages frozen.
+
+    ``basis()`` returns teacher vectors (m, D) whose principal directions initialise each
+    stage (called once, when the stage starts)."""
     phases = []
     for s, stage in enumerate(head.stages):
         def start(s=s, stage=stage):
             with torch.no_grad():  # PCA of this stage's (frozen) input: its first dims carry most energy
-                stage.transform.linear.weight.copy_(pca_basis(head.stage_input(_basis_src(data, cfg), s)))
+                stage.transform.linear.weight.copy_(pca_basis(head.stage_input(basis(), s)))
 
         def student(x, s=s, stage=stage):
             with torch.no_grad():
@@ -207,98 +238,252 @@ def smec_phases(head: SMECHead, data: TrainSet, cfg: TrainConfig) -> list[Phase]
     return phases
 
 
-def prefix_phases(head: PrefixHead, data: TrainSet, cfg: TrainConfig) -> list[Phase]:
+def prefix_phases(head: PrefixHead, basis: Basis, cfg: TrainConfig) -> list[Phase]:
     """MRL-style: one phase, every dim's loss at once on prefixes of one map."""
     def student(x):
         y = head(x)  # (m, D)
         return [(1.0, F.normalize(y[:, :d], dim=-1)) for d in head.dims]
 
     phase = Phase("mrl:" + "/".join(map(str, head.dims)), [{"params": list(head.parameters()), "lr": cfg.lr}], student)
-    phase.start = lambda: head.transform.linear.weight.data.copy_(pca_basis(_basis_src(data, cfg)))
+    phase.start = lambda: head.transform.linear.weight.data.copy_(pca_basis(basis()))
     return [phase]
 
 
-def multi_phases(head: MultiHead, data: TrainSet, cfg: TrainConfig) -> list[Phase]:
+def multi_phases(head: MultiHead, basis: Basis, cfg: TrainConfig) -> list[Phase]:
     """Single linear adapter: each dim's map trained on its own."""
     phases = []
     for d in head.dims:
         sub = head.heads[str(d)]
         phase = Phase(f"linear:{d}", [{"params": list(sub.parameters()), "lr": cfg.lr}],
                       lambda x, sub=sub, d=d: [(1.0, F.normalize(sub(x)[:, :d], dim=-1))])
-        phase.start = lambda sub=sub: sub.transform.linear.weight.data.copy_(pca_basis(_basis_src(data, cfg)))
+        phase.start = lambda sub=sub: sub.transform.linear.weight.data.copy_(pca_basis(basis()))
         phases.append(phase)
     return phases
 
 
-def _basis_src(data: TrainSet, cfg: TrainConfig) -> torch.Tensor:
-    return torch.cat([data.corpus, data.anchors]) if cfg.pca_on_anchors else data.corpus
-
-
-def _lr_factor(step: int, steps: int, schedule: str) -> float:
+def _lr_factor(step: int, steps: int, schedule: str, warmup: int = 0) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
     if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+        span = max(1, steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
     return 1.0
 
 
 PHASES = {SMECHead: smec_phases, PrefixHead: prefix_phases, MultiHead: multi_phases}
 
 
+class Task:
+    """Where a step's loss comes from; the :class:`Trainer` owns everything else.
+
+    Adapter mode (:class:`CachedTask`) reads teacher vectors from the embedding cache;
+    end-to-end mode (``smec_dist.e2e.PairTask``) runs the backbone. State a resumed run
+    needs (sampler position, queue) goes in ``state_dict``.
+    """
+
+    steps: int  # optimizer steps per phase
+
+    def begin_phase(self, phase: Phase, index: int) -> None:
+        """Called at a phase's first step (not again when a run resumes mid-phase)."""
+
+    def loss(self, phase: Phase, step: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_micro_step(self) -> None:
+        """After each backward pass (the memory is fed here)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class LocalEngine:
+    """Backward and step for a head alone on one process (adapter mode)."""
+
+    accum = 1
+
+    def accumulate(self):
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def sync_head(self, params) -> None:
+        pass
+
+    def step(self) -> None:
+        pass
+
+
+class Trainer:
+    """Phases (SMRL stages, or a baseline's maps) x optimizer steps: the one training loop.
+
+    The head is replicated (it is small): each phase gets its own Adam over the phase's
+    parameters with a per-phase schedule, and its gradients are averaged over ranks by the
+    engine. The engine owns everything about the backbone (none in adapter mode; the
+    Accelerate-prepared, possibly ZeRO-sharded model in end-to-end mode). Resumable:
+    ``state_dict`` holds the phase index, the step within it, the head, its optimizer and
+    schedule, and the task's state.
+
+    Args:
+        head: the head being trained.
+        phases: what each phase trains (see :data:`PHASES`).
+        task: where each step's loss comes from.
+        cfg: learning rates and schedule of the head.
+        engine: backward/step of the backbone side (default: none).
+        on_step_end: called after every optimizer step with the trainer (checkpointing).
+        on_phase_end: called after a phase ends (stage export), with its index.
+    """
+
+    def __init__(self, head, phases: list[Phase], task: Task, cfg: TrainConfig, engine=None,
+                 progress: bool = True, log_fn: Callable[[dict], None] | None = None,
+                 on_step_end: Callable[["Trainer"], None] | None = None,
+                 on_phase_end: Callable[["Trainer", int], None] | None = None):
+        self.head, self.phases, self.task, self.cfg = head, phases, task, cfg
+        self.engine = engine or LocalEngine()
+        self.progress, self.log_fn = progress, log_fn
+        self.on_step_end, self.on_phase_end = on_step_end, on_phase_end
+        self.phase_index, self.step = 0, 0
+        self.opt = self.sched = None
+        self.stats: dict = {}
+        self.losses: list[float] = []  # every step's loss (mean over micro-steps), all phases
+        self._resume: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"phase": self.phase_index, "step": self.step, "head": self.head.state_dict(),
+                "opt": self.opt.state_dict() if self.opt else None,
+                "sched": self.sched.state_dict() if self.sched else None,
+                "task": self.task.state_dict(), "stats": self.stats, "losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.phase_index, self.step = int(state["phase"]), int(state["step"])
+        self.head.load_state_dict(state["head"])
+        self.task.load_state_dict(state["task"])
+        self.stats, self.losses = dict(state["stats"]), list(state["losses"])
+        self._resume = state  # the optimizer is rebuilt when its phase starts
+
+    def _optimizer(self, phase: Phase, steps: int) -> None:
+        self.opt = torch.optim.Adam(phase.params, weight_decay=self.cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda i: _lr_factor(i, steps, self.cfg.lr_schedule))
+
+    def fit(self) -> dict:
+        """Train every phase not finished yet; returns per-phase stats."""
+        steps = self.task.steps
+        for index, phase in enumerate(self.phases):
+            if index < self.phase_index:
+                phase.on_end()  # finished before a resume: re-apply its freezing
+                continue
+            resumed = self._resume is not None and self.step > 0
+            if not resumed:
+                self.step = 0
+                phase.start()
+                self.task.begin_phase(phase, index)
+            self._optimizer(phase, steps)
+            if resumed and self._resume.get("opt") is not None:
+                phase.progress(self.step / steps)  # a fixed ADS selection stops learning, as before the kill
+                self.opt.load_state_dict(self._resume["opt"])
+                self.sched.load_state_dict(self._resume["sched"])
+            self._resume = None
+            self._run_phase(phase, steps)
+            phase.on_end()
+            self.phase_index, self.step = index + 1, 0
+            self.opt = self.sched = None
+            if self.on_phase_end:
+                self.on_phase_end(self, index)
+        self.head.eval()
+        return self.stats
+
+    def _run_phase(self, phase: Phase, steps: int) -> None:
+        t0 = time.perf_counter()
+        params = [p for group in phase.params for p in group["params"]]
+        bar = tqdm(total=steps, initial=self.step, desc=phase.name, disable=not self.progress,
+                   mininterval=2.0, leave=False)
+        ema = self.stats.get(phase.name, {}).get("loss")
+        while self.step < steps:
+            phase.progress(self.step / steps)
+            value = 0.0
+            for _ in range(self.engine.accum):
+                with self.engine.accumulate():
+                    loss = self.task.loss(phase, self.step)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite loss in {phase.name} at step {self.step}")
+                    self.engine.backward(loss)
+                    self.task.after_micro_step()
+                value += loss.item() / self.engine.accum
+            self.engine.sync_head(params)
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.engine.step()
+            self.losses.append(value)
+            ema = value if ema is None else 0.95 * ema + 0.05 * value
+            bar.update(1)
+            if self.step % 20 == 0:
+                bar.set_postfix(loss=f"{ema:.4f}")
+                if self.log_fn:
+                    self.log_fn({"phase": phase.name, "step": self.step, "loss": value})
+            self.step += 1
+            self.stats[phase.name] = {"loss": ema, "steps": steps,
+                                      "seconds": round(time.perf_counter() - t0, 2)}
+            if self.on_step_end:
+                self.on_step_end(self)
+        bar.close()
+        log.info("%s: %d steps, loss %.4f, %.1fs", phase.name, steps, ema, self.stats[phase.name]["seconds"])
+
+
+class CachedTask(Task):
+    """Adapter mode: batches of anchors' teacher vectors from the embedding cache, with hard
+    samples from the S-XBM queue (``"xbm"``) or an exact corpus search (``"exact"``)."""
+
+    def __init__(self, data: TrainSet, cfg: TrainConfig, sampler: str, gen: torch.Generator):
+        self.data, self.cfg, self.gen = data, cfg, gen
+        self.exact = ExactSampler(data, cfg.topk) if sampler == "exact" else None
+        self.xbm = sampler == "xbm"
+        self.queue: QueueSampler | None = None
+        n_a = len(data.anchors)
+        steps_per_epoch = math.ceil(n_a / cfg.batch_size)
+        self.steps = max(1, min(cfg.epochs * steps_per_epoch, cfg.max_steps_per_phase or 1 << 62))
+
+    def begin_phase(self, phase: Phase, index: int) -> None:
+        if self.xbm:  # a fresh memory per phase, streamed from the corpus
+            self.queue = QueueSampler(self.data, self.cfg.queue_size, self.cfg.prefill, self.gen)
+        self.perm, self.pos_in_perm = torch.randperm(len(self.data.anchors), generator=self.gen), 0
+
+    def loss(self, phase: Phase, step: int) -> torch.Tensor:
+        data, cfg = self.data, self.cfg
+        if self.pos_in_perm >= len(data.anchors):
+            self.perm, self.pos_in_perm = torch.randperm(len(data.anchors), generator=self.gen), 0
+        idx = self.perm[self.pos_in_perm:self.pos_in_perm + cfg.batch_size]
+        self.pos_in_perm += cfg.batch_size
+        anchors = data.anchors[idx]  # (n, D)
+        samples = self.queue.sample(anchors, data.anchor_doc[idx], cfg.topk) if self.queue is not None \
+            else self.exact.sample_rows(idx)
+        pos = None
+        if data.positives is not None and cfg.infonce_weight:
+            judged = [data.positives[i] for i in idx.tolist()]
+            pick = torch.tensor([r[int(torch.randint(len(r), (1,), generator=self.gen))] for r in judged])
+            pos = Positives(data.corpus[pick], pick, torch.arange(len(idx)), judged)  # (n, D)
+        return objective(phase.student, anchors, samples, pos, cfg)
+
+    def after_micro_step(self) -> None:
+        if self.queue is not None:
+            self.queue.feed(self.cfg.batch_size)
+
+
 def train_head(head, data: TrainSet, cfg: TrainConfig, sampler: str, progress: bool = True,
                log_fn: Callable[[dict], None] | None = None) -> dict:
-    """Train ``head`` phase by phase; returns per-phase stats (final loss, steps, seconds).
+    """Train ``head`` phase by phase on cached embeddings; returns per-phase stats (final
+    loss, steps, seconds).
 
     Args:
         sampler: ``"xbm"`` (hard samples from the S-XBM queue) or ``"exact"``.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    phases = PHASES[type(head)](head, data, cfg)
-    stats = {}
-    exact = ExactSampler(data, cfg.topk) if sampler == "exact" else None
-    n_a = len(data.anchors)
-    steps_per_epoch = math.ceil(n_a / cfg.batch_size)
-    steps = max(1, min(cfg.epochs * steps_per_epoch, cfg.max_steps_per_phase or 1 << 62))
-    for phase in phases:
-        t0 = time.perf_counter()
-        phase.start()  # may set phase.params (a stage's live rows exist only once it starts)
-        queue = QueueSampler(data, cfg.queue_size, cfg.prefill, gen) if sampler == "xbm" else None
-        opt = torch.optim.Adam(phase.params, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _lr_factor(i, steps, cfg.lr_schedule))
-        bar = tqdm(total=steps, desc=phase.name, disable=not progress, mininterval=2.0, leave=False)
-        perm, pos_in_perm, ema = torch.randperm(n_a, generator=gen), 0, None
-        for step in range(steps):
-            if pos_in_perm >= n_a:
-                perm, pos_in_perm = torch.randperm(n_a, generator=gen), 0
-            idx = perm[pos_in_perm:pos_in_perm + cfg.batch_size]
-            pos_in_perm += cfg.batch_size
-            anchors = data.anchors[idx]  # (n, D)
-            phase.progress(step / steps)
-            samples = queue.sample(anchors, data.anchor_doc[idx], cfg.topk) if queue is not None \
-                else exact.sample_rows(idx)
-            pos = pos_rows = None
-            if data.positives is not None and cfg.infonce_weight:
-                pos_rows = [data.positives[i] for i in idx.tolist()]
-                pick = [r[int(torch.randint(len(r), (1,), generator=gen))] for r in pos_rows]
-                pos = data.corpus[torch.tensor(pick)]  # (n, D)
-                pos_rows = [[p] + [r for r in rs if r != p] for p, rs in zip(pick, pos_rows)]
-            loss = objective(phase.student, anchors, samples, pos, pos_rows, cfg)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss in {phase.name} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if queue is not None:
-                queue.feed(cfg.batch_size)
-            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{ema:.4f}")
-                if log_fn:
-                    log_fn({"phase": phase.name, "step": step, "loss": loss.item()})
-        bar.close()
-        phase.on_end()
-        stats[phase.name] = {"loss": ema, "steps": steps, "seconds": round(time.perf_counter() - t0, 2)}
-        log.info("%s: %d steps, loss %.4f, %.1fs", phase.name, steps, ema, stats[phase.name]["seconds"])
-    head.eval()
-    return stats
+    basis = lambda: torch.cat([data.corpus, data.anchors]) if cfg.pca_on_anchors else data.corpus  # noqa: E731
+    phases = PHASES[type(head)](head, basis, cfg)
+    task = CachedTask(data, cfg, sampler, gen)
+    return Trainer(head, phases, task, cfg, progress=progress, log_fn=log_fn).fit()

@@ -324,7 +324,7 @@ def _stage_params(head: SMECHead, s: int) -> set[int]:
 def test_smec_phases_freeze_earlier_stages_step_by_step():
     data = _random_trainset()
     head = SMECHead(D, DIMS)
-    phases = smec_phases(head, data, _small_cfg())
+    phases = smec_phases(head, lambda: data.corpus, _small_cfg())
     assert len(phases) == len(DIMS)
     # each phase optimises its own stage's parameters and nothing else
     for s, ph in enumerate(phases):
