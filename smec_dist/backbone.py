@@ -7,9 +7,11 @@ batches sorted by length, so padding is minimal, under ``torch.inference_mode``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -58,11 +60,56 @@ def _smollm2(cache_dir: Path) -> Path:
         del cfg.quantization_config
     fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     fresh.load_state_dict(src.state_dict())
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     fresh.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    tmp.rename(out)  # only a complete folder ever carries the final name
+    return _publish(tmp, out)
+
+
+def _publish(tmp: Path, out: Path) -> Path:
+    """Give a finished folder its final name; only a complete folder ever carries it.
+
+    Ranks of a distributed launch may each build the same folder at once: the first rename
+    wins and the others drop their (identical) copy."""
+    try:
+        tmp.rename(out)
+    except OSError:
+        if not (out / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+#: tiny random decoders for fast tests: the shape of the real architectures, 2 layers
+TINY_SHAPES = {
+    "tiny-qwen2": ("Qwen2Config", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2)),
+    "tiny-llama": ("LlamaConfig", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2)),
+}
+
+
+def _tiny(name: str, cache_dir: Path) -> Path:
+    """A tiny randomly initialised decoder (seeded, so every rank and run gets the same
+    weights), saved once as a normal folder with MiniLM's tokenizer (EOS = [SEP])."""
+    out = cache_dir / name
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    import transformers
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(_minilm(cache_dir))
+    tok.eos_token = tok.sep_token
+    cls, shape = TINY_SHAPES[name]
+    cfg = getattr(transformers, cls)(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                                     eos_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id, **shape)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = AutoModel.from_config(cfg, dtype=torch.float32)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    net.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    return _publish(tmp, out)
 
 
 #: alias -> (resolver, default pooling, append EOS)
@@ -70,6 +117,8 @@ MODEL_ALIASES: dict[str, tuple[Callable[[Path], Path], str, bool]] = {
     "minilm": (_minilm, "mean", False),
     "all-minilm-l6-v2": (_minilm, "mean", False),
     "smollm2-135m": (_smollm2, "last", True),
+    "tiny-qwen2": (functools.partial(_tiny, "tiny-qwen2"), "last", True),
+    "tiny-llama": (functools.partial(_tiny, "tiny-llama"), "last", True),
 }
 
 
@@ -103,10 +152,11 @@ class Encoder:
     max_length: int = 256
     append_eos: bool = False
     device: str = "cpu"
+    width: int = 0  # given when ``model`` is a wrapper without a HF config (a DeepSpeed engine)
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        return self.width or int(self.model.config.hidden_size)
 
     def tokenize(self, texts: Sequence[str]) -> dict:
         texts = list(texts)
@@ -222,3 +272,78 @@ def load_encoder(model: str, pooling: str | None = None, normalize: bool = True,
         p.requires_grad_(False)
     return Encoder(net, tok, pooling=pooling, normalize=normalize, max_length=max_length,
                    append_eos=append_eos, device=device)
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """The distinct leaf names of the model's linear layers (what LoRA can target)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and name})
+
+
+def load_trainable(model: str, mode: str, *, pooling: str | None = None, append_eos: bool | None = None,
+                   lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.0,
+                   lora_targets: Sequence[str] = ("all-linear",), gradient_checkpointing: bool = False,
+                   dtype: str = "float32", local_rank: int = 0, cache_dir: Path | None = None):
+    """Load a backbone for end-to-end training.
+
+    Args:
+        mode: ``frozen``, ``full``, ``lora`` or ``qlora`` (4-bit NF4 base + LoRA, CUDA only).
+        lora_targets: module leaf names (``q_proj``) or ``all-linear``; a name the model
+            does not have is an error, before any work starts.
+        gradient_checkpointing: recompute activations in backward (non-reentrant, which
+            works with DDP, ZeRO and frozen inputs).
+
+    Returns:
+        (model, tokenizer, pooling, append_eos); the model's trainable parameters are
+        exactly those ``mode`` trains.
+    """
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if mode == "qlora" and not torch.cuda.is_available():
+        raise SmecError("e2e.backbone=qlora needs a CUDA GPU (bitsandbytes 4-bit layers have no CPU path); "
+                        "use e2e.backbone=lora on CPU")
+    pooling, append_eos = resolve_pooling(model, pooling, append_eos)
+    path = resolve_model(model, cache_dir)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    kwargs: dict = {"dtype": torch_dtype}
+    if mode == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["device_map"] = {"": local_rank}
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        net = AutoModel.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise SmecError(f"model '{model}' could not be loaded from {path}: {str(exc).splitlines()[0]}") from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if mode in ("lora", "qlora"):
+        available = linear_module_names(net)
+        missing = [t for t in lora_targets if t != "all-linear" and t not in available]
+        if missing:
+            raise SmecError(f"e2e.lora_targets: {', '.join(missing)} not in model '{model}' "
+                            f"(its linear modules: {', '.join(available)})")
+    for p in net.parameters():
+        p.requires_grad_(mode == "full")
+    if gradient_checkpointing and mode != "frozen":
+        enable = getattr(net, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if mode == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=gradient_checkpointing)
+    if mode in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+
+        targets = "all-linear" if "all-linear" in lora_targets else list(lora_targets)
+        net = get_peft_model(net, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                             target_modules=targets, bias="none"))
+    return net, tok, pooling, append_eos

@@ -5,6 +5,8 @@
     smec compress --head H --input X.npy --dim d --output Y.npy
     smec download NAME --data-dir DIR                     fetch a public BEIR dataset
     smec config   [--config F] [section.key=value ...]   print the resolved config
+    smec train    --config F [--resume auto] [k=v ...]     end-to-end training (accelerate launch / torchrun)
+    smec plan     --model M --gpus N --zero Z --mode MODE [...]  per-GPU memory of a training setup
 
 Errors caused by input print one line (``smec: error: ...``) and exit with status 2.
 """
@@ -12,6 +14,7 @@ Errors caused by input print one line (``smec: error: ...``) and exit with statu
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -25,6 +28,25 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5")
 
 
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="qwen2-7b, llama3-8b, smollm2-135m, or a folder with config.json")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per node")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3), help="ZeRO stage")
+    p.add_argument("--mode", default="lora", choices=("frozen", "full", "lora", "qlora"))
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-targets", default="all-linear", help="all-linear or a comma list, e.g. q_proj,v_proj")
+    p.add_argument("--batch", type=int, default=8, help="sequences per GPU per micro step")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--queue-size", type=int, default=65536, help="S-XBM entries")
+    p.add_argument("--offload", action="store_true", help="ZeRO-Offload optimizer states (and ZeRO-3 params) to CPU")
+    p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True,
+                   help="gradient checkpointing of every decoder layer")
+    p.add_argument("--dims", help="SMEC widths, e.g. 1792,896,448,224 (default D/2 ... D/16)")
+    p.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="smec", description="Sequential Matryoshka Embedding Compression")
     ap.add_argument("--log-level", default=os.environ.get("SMEC_LOG_LEVEL", "INFO"))
@@ -32,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(sub.add_parser("run", help="encode, train SMEC and baselines, evaluate, write the report"))
     _config_args(sub.add_parser("encode", help="build the embedding cache (resumable, sharded over ranks)"))
     _config_args(sub.add_parser("config", help="print the resolved config"))
+    t = sub.add_parser("train", help="end-to-end: train the backbone (full/LoRA/QLoRA) with the SMEC head")
+    _config_args(t)
+    t.add_argument("--resume", help="auto (newest complete checkpoint) or a checkpoint folder; sets e2e.resume")
     c = sub.add_parser("compress", help="compress saved embeddings with a trained head")
     c.add_argument("--head", required=True, help="a head .safetensors written by smec run")
     c.add_argument("--input", required=True, help=".npy of full-width embeddings (n, D)")
@@ -40,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("download", help="download a public BEIR dataset (needs a network)")
     d.add_argument("name")
     d.add_argument("--data-dir", required=True)
+    _plan_args(sub.add_parser("plan", help="per-GPU memory of training on an LLM backbone (no GPU needed)"))
     return ap
 
 
@@ -71,18 +97,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    for noisy in ("bm25s", "httpx", "urllib3", "filelock"):
+    for noisy in ("bm25s", "httpx", "urllib3", "filelock", "accelerate", "DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        if args.command in ("run", "encode", "config"):
+        if args.command in ("run", "encode", "config", "train"):
             from .config import load_config
 
-            cfg = load_config(args.config, args.overrides)
+            overrides = list(args.overrides)
+            if getattr(args, "resume", None):
+                overrides.append(f"e2e.resume={args.resume}")
+            cfg = load_config(args.config, overrides)
             if args.command == "config":
                 import yaml
 
                 print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            elif args.command == "train":
+                from .e2e import train_e2e
+
+                summary = train_e2e(cfg)
+                if summary["is_main"]:
+                    print(json.dumps({k: summary[k] for k in ("model", "backbone", "world_size", "deepspeed",
+                                                              "trainable_parameters", "seconds")}))
             elif args.command == "encode":
                 from .pipeline import encode
 
@@ -97,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             from .data import download_beir
 
             print(download_beir(args.name, args.data_dir))
+        elif args.command == "plan":
+            from .plan import plan_command
+
+            print(plan_command(args))
     except SmecError as exc:
         print(f"smec: error: {exc}", file=sys.stderr)
         return 2

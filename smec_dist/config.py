@@ -186,6 +186,77 @@ class RunConfig:
         _positive("run.search_k", self.search_k)
 
 
+BACKBONE_MODES = ("frozen", "full", "lora", "qlora")
+
+
+@dataclass
+class E2EConfig:
+    """End-to-end mode (``smec train``): the backbone trains jointly with the SMEC head.
+
+    The head's own settings (lr, ADS, top-k, queue size, loss weights) come from ``train``;
+    the compressed widths from ``run.dims``; the backbone and its sequence length from
+    ``model``.
+
+    Attributes:
+        backbone: ``frozen``, ``full`` fine-tuning, ``lora`` (PEFT) or ``qlora`` (4-bit NF4
+            base weights + LoRA; needs a CUDA GPU and bitsandbytes).
+        lora_targets: module names LoRA wraps, or ``all-linear``.
+        precision: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``.
+        backbone_lr / warmup_steps: the backbone's learning rate (linear warmup, then cosine
+            over all stages); the head keeps ``train.lr`` per stage.
+        per_device_batch: (query, positive) pairs per rank per micro-step; the global batch
+            is ``per_device_batch * grad_accum * world_size``.
+        steps_per_stage: optimizer steps per SMRL stage.
+        split: the qrels split whose judged pairs are trained on.
+        query_instruction / doc_instruction: prefixes put before query / document texts
+            (instruction-tuned decoder LLMs).
+        deepspeed: a DeepSpeed JSON (``ds_configs/zero3.json``), or empty: the launcher's
+            (``accelerate launch --use_deepspeed``), else plain DDP.
+        checkpoint_every: optimizer steps between checkpoints (0: stage ends only).
+        keep_checkpoints: complete checkpoints kept (older ones are deleted).
+        resume: ``""`` (start fresh), ``auto`` (the newest complete checkpoint under
+            ``<run.output_dir>/checkpoints``, if any) or a checkpoint folder.
+        full_weight: weight of the full-width loss on the backbone's own embeddings.
+        infonce_weight: weight of the in-batch + memory InfoNCE at every width.
+    """
+
+    backbone: str = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
+    gradient_checkpointing: bool = False
+    precision: str = "auto"
+    backbone_lr: float = 1e-4
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    per_device_batch: int = 8
+    grad_accum: int = 1
+    steps_per_stage: int = 100
+    split: str = "train"
+    query_instruction: str = ""
+    doc_instruction: str = ""
+    deepspeed: str = ""
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    resume: str = ""
+    full_weight: float = 1.0
+    infonce_weight: float = 1.0
+    basis_docs: int = 2048
+
+    def __post_init__(self):
+        _one_of("e2e.backbone", self.backbone, BACKBONE_MODES)
+        _one_of("e2e.precision", self.precision, ("auto", "bf16", "fp32"))
+        for key in ("lora_r", "lora_alpha", "per_device_batch", "grad_accum", "steps_per_stage",
+                    "keep_checkpoints", "basis_docs"):
+            _positive(f"e2e.{key}", getattr(self, key))
+        for key in ("lora_dropout", "backbone_lr", "warmup_steps", "max_grad_norm", "checkpoint_every",
+                    "full_weight", "infonce_weight"):
+            _positive(f"e2e.{key}", getattr(self, key), zero_ok=True)
+        if not self.lora_targets:
+            raise SmecError("e2e.lora_targets: at least one module name (or all-linear) is needed")
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -193,6 +264,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     run: RunConfig = field(default_factory=RunConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    e2e: E2EConfig = field(default_factory=E2EConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)

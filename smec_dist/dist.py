@@ -44,7 +44,9 @@ def process_group_kwargs() -> list:
     """Kwargs handlers every ``Accelerator`` is built with: gloo when there is no GPU."""
     from accelerate.utils import InitProcessGroupKwargs
 
-    return [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    if torch.cuda.is_available() or not launched_distributed():
+        return []
+    return [InitProcessGroupKwargs(backend="gloo")]
 
 
 def _active() -> bool:
@@ -128,3 +130,12 @@ def average_grads(params: Iterable[torch.nn.Parameter]) -> None:
         n = p.numel()
         p.grad = flat[offset:offset + n].view_as(p).clone()
         offset += n
+
+
+def mean_over_ranks(value: float) -> float:
+    """The mean of a per-rank number (a loss to log) over ranks."""
+    if not _active():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t.item()) / world_size()

@@ -118,6 +118,21 @@ class SMECHead(nn.Module):
     def layout(self) -> dict:
         return {"kind": self.kind, "full_dim": self.full_dim, "dims": self.dims, "hidden": self.hidden}
 
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        # a fixed ADS index list is an empty buffer until its stage ends: take its size from the state
+        for i, st in enumerate(self.stages):
+            key = f"stages.{i}.ads.frozen_index"
+            if key in state:
+                st.ads.frozen_index = state[key].clone().to(st.ads.scores.device)
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+    def first_stages(self, n: int) -> "SMECHead":
+        """A copy holding stages ``< n`` only: the model exported when stage ``n`` ends."""
+        part = SMECHead(self.full_dim, self.dims[:n], self.hidden)
+        prefix = tuple(f"stages.{i}." for i in range(n))
+        part.load_state_dict({k: v.detach().clone().cpu() for k, v in self.state_dict().items() if k.startswith(prefix)})
+        return part
+
 
 class PrefixHead(nn.Module):
     """A full-width map followed by prefix truncation: the MRL-style head.
@@ -202,9 +217,6 @@ def load_head(path: str | Path) -> nn.Module:
         raise SmecError(f"{path}: unknown head kind {kind!r} (known: {', '.join(HEADS)})")
     try:
         head = HEADS[kind](**layout)
-        if isinstance(head, SMECHead):
-            for i, st in enumerate(head.stages):
-                st.ads.frozen_index = state[f"stages.{i}.ads.frozen_index"].clone()
         head.load_state_dict(state)
     except (KeyError, TypeError, RuntimeError) as exc:
         raise SmecError(f"{path}: weights do not match the head layout ({type(exc).__name__}: "

@@ -22,12 +22,12 @@ class XBMQueue:
         dim: teacher embedding width.
     """
 
-    def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32, device=None):
         if size <= 0:
             raise ValueError(f"queue size must be positive, got {size}")
         self.size, self.dim = size, dim
-        self.emb = torch.zeros(size, dim, dtype=dtype)  # (size, dim)
-        self.ids = torch.full((size,), -1, dtype=torch.long)  # (size,) -1 = empty slot
+        self.emb = torch.zeros(size, dim, dtype=dtype, device=device)  # (size, dim)
+        self.ids = torch.full((size,), -1, dtype=torch.long, device=device)  # (size,) -1 = empty slot
         self.ptr = 0  # next slot to write
         self.count = 0  # valid entries
 
@@ -40,9 +40,9 @@ class XBMQueue:
         n = emb.shape[0]
         if n >= self.size:  # only the newest `size` survive
             emb, ids, n = emb[-self.size:], ids[-self.size:], self.size
-        slots = (self.ptr + torch.arange(n)) % self.size  # (n,)
-        self.emb[slots] = emb
-        self.ids[slots] = ids.long()
+        slots = (self.ptr + torch.arange(n, device=self.emb.device)) % self.size  # (n,)
+        self.emb[slots] = emb.to(self.emb.device)
+        self.ids[slots] = ids.long().to(self.ids.device)
         self.ptr = (self.ptr + n) % self.size
         self.count = min(self.count + n, self.size)
 
@@ -50,7 +50,7 @@ class XBMQueue:
         """Valid entries oldest first: (count, dim) embeddings and (count,) ids."""
         if self.count < self.size:
             return self.emb[: self.count], self.ids[: self.count]
-        order = (self.ptr + torch.arange(self.size)) % self.size  # oldest slot first
+        order = (self.ptr + torch.arange(self.size, device=self.emb.device)) % self.size  # oldest slot first
         return self.emb[order], self.ids[order]
 
     def topk(self, query: torch.Tensor, k: int, exclude: torch.Tensor | None = None

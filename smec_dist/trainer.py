@@ -156,9 +156,9 @@ def objective(student: Student, anchors: torch.Tensor, samples: Samples, pos: Po
     stacked = torch.cat([anchors, samples.emb] + ([pos.emb] if use_pos else []))  # (n + u [+ m], D)
     if use_pos:
         docs_rows = torch.cat([pos.rows, samples.rows])  # (m + u,) in-batch positives, then every distinct sample
-        allowed = torch.ones(n, len(docs_rows), dtype=torch.bool)
+        allowed = torch.ones(n, len(docs_rows), dtype=torch.bool, device=anchors.device)
         for i, mine in enumerate(pos.judged):  # other positives of the same query are not negatives
-            allowed[i] = ~torch.isin(docs_rows, torch.tensor(mine, dtype=torch.long))
+            allowed[i] = ~torch.isin(docs_rows, torch.tensor(mine, dtype=torch.long, device=docs_rows.device))
         allowed[torch.arange(n), pos.labels] = True
     total = anchors.new_zeros(())
     for weight, out in student(stacked):
@@ -316,6 +316,9 @@ class LocalEngine:
     def step(self) -> None:
         pass
 
+    def mean(self, value: float) -> float:
+        return value
+
 
 class Trainer:
     """Phases (SMRL stages, or a baseline's maps) x optimizer steps: the one training loop.
@@ -418,6 +421,7 @@ class Trainer:
             self.sched.step()
             self.opt.zero_grad(set_to_none=True)
             self.engine.step()
+            value = self.engine.mean(value)  # every rank logs the loss of the whole global batch
             self.losses.append(value)
             ema = value if ema is None else 0.95 * ema + 0.05 * value
             bar.update(1)

@@ -1,0 +1,125 @@
+"""Checkpoints of end-to-end runs: complete or ignored, and never from another config.
+
+A checkpoint is an ``accelerator.save_state`` folder (model or ZeRO partitions, optimizer,
+every rank's RNG states, and the registered training state: SMRL stage, step within it,
+head, head optimizer, S-XBM queue, data position). It is written under
+``<name>.partial``; only when every rank has finished writing does the main process add
+``complete.json`` (the config fingerprint and the position) and rename the folder to its
+final name. A kill at any moment therefore leaves either a complete checkpoint or a
+``.partial`` folder, which resume never takes (and the next save clears).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from . import dist
+from .errors import SmecError
+
+log = logging.getLogger(__name__)
+
+MARKER = "complete.json"
+_NAME = re.compile(r"^step-(\d+)$")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_difference(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ between two fingerprints, as ``key: saved -> current``."""
+    a, b = _flatten(saved), _flatten(current)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+class Checkpoints:
+    """The checkpoints of one run folder.
+
+    Args:
+        root: ``<run.output_dir>/checkpoints``.
+        fingerprint: the settings a checkpoint must match to be resumed (model, data,
+            dims, head and backbone training settings; not the logging or resume keys).
+        keep: complete checkpoints kept; older ones are deleted after each save.
+    """
+
+    def __init__(self, root: str | Path, fingerprint: dict, keep: int = 2):
+        self.root, self.fingerprint, self.keep = Path(root), fingerprint, keep
+
+    def complete(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints as (global step, folder), oldest first."""
+        found = []
+        if self.root.is_dir():
+            for p in self.root.iterdir():
+                m = _NAME.match(p.name)
+                if m and (p / MARKER).is_file():
+                    found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def check(self, folder: Path) -> dict:
+        """The marker of a complete checkpoint written by this config, else a SmecError."""
+        marker = folder / MARKER
+        if not marker.is_file():
+            raise SmecError(f"{folder}: not a complete checkpoint (no {MARKER}; a kill during its write?)")
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SmecError(f"{marker}: unreadable checkpoint marker ({exc})") from exc
+        diff = config_difference(info.get("fingerprint", {}), self.fingerprint)
+        if diff:
+            more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+            raise SmecError(f"{folder}: checkpoint of another config ({'; '.join(diff[:3])}{more}); "
+                            f"use another run.output_dir or e2e.resume=''")
+        return info
+
+    def resolve(self, resume: str) -> Path | None:
+        """The checkpoint ``e2e.resume`` names: ``""`` none, ``auto`` the newest complete one
+        (none yet: a fresh start), else a folder, which must be complete and match."""
+        if not resume:
+            return None
+        if resume == "auto":
+            found = self.complete()
+            if not found:
+                log.info("resume=auto: no complete checkpoint under %s, starting fresh", self.root)
+                return None
+            folder = found[-1][1]
+        else:
+            folder = Path(resume)
+            if not folder.is_dir():
+                raise SmecError(f"e2e.resume: {folder} is not a folder")
+        self.check(folder)
+        return folder
+
+    def save(self, accelerator, global_step: int, position: dict) -> Path:
+        """Write a checkpoint from every rank; complete only once all ranks have written."""
+        final = self.root / f"step-{global_step:08d}"
+        partial = final.with_name(final.name + ".partial")
+        if dist.is_main():
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)  # a leftover of a killed save
+        dist.barrier()
+        accelerator.save_state(str(partial))
+        dist.barrier()  # every rank's shards are on disk
+        if dist.is_main():
+            tmp = partial / (MARKER + ".tmp")
+            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "global_step": global_step, **position},
+                                      indent=1), encoding="utf-8")
+            os.replace(tmp, partial / MARKER)
+            if final.exists():  # the same step saved again (a stage end after a periodic save)
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            for _, old in self.complete()[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+        log.info("checkpoint %s (%s)", final, ", ".join(f"{k} {v}" for k, v in position.items()))
+        return final
