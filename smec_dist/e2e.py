@@ -102,8 +102,10 @@ class PairTask(Task):
         head_cfg: ``cfg.train`` with the end-to-end loss weights.
     """
 
-    def __init__(self, pairs: PairSet, encoder: Encoder, cfg: Config, head_cfg, device):
-        self.pairs, self.encoder, self.cfg, self.head_cfg, self.device = pairs, encoder, cfg, head_cfg, device
+    def __init__(self, pairs: PairSet, encoder: Encoder, head: SMECHead, cfg: Config, head_cfg, device):
+        self.pairs, self.encoder, self.head, self.cfg, self.head_cfg = pairs, encoder, head, cfg, head_cfg
+        self.device = device
+        self.probes: dict[str, dict[str, float]] = {}  # stage -> probe loss at its start and end
         self.steps = cfg.e2e.steps_per_stage
         self.local = cfg.e2e.per_device_batch
         self.world, self.rank = dist.world_size(), dist.rank()
@@ -134,12 +136,13 @@ class PairTask(Task):
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, "picker": self.picker.get_state(),
-                "queue": self.queue.state_dict()}
+                "queue": self.queue.state_dict(), "probes": self.probes}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self.picker.set_state(state["picker"])
         self.queue.load_state_dict(state["queue"])
+        self.probes = {k: dict(v) for k, v in state["probes"].items()}
 
     # -- the loss -------------------------------------------------------------------------
     def embed(self, texts: list[str]) -> torch.Tensor:
@@ -165,6 +168,44 @@ class PairTask(Task):
             return [(e2e.full_weight, F.normalize(x, dim=-1))] + phase.student(x)
 
         return objective(student, q, samples, pos, self.head_cfg)
+
+    @torch.no_grad()
+    def probe_loss(self, phase: Phase) -> float:
+        """The loss of a fixed batch (the first queries, their first positive, no memory):
+        comparable across steps, unlike the training loss, whose memory fills and changes."""
+        b, r = self.local, self.rank
+        idx = torch.arange(self.global_batch)
+        picks = torch.tensor([self.pairs.positives[i][0] for i in idx.tolist()])
+        mine, my_picks = idx[r * b:(r + 1) * b], picks[r * b:(r + 1) * b]  # (b,), (b,)
+        texts = [self.cfg.e2e.query_instruction + self.pairs.query_texts[i] for i in mine.tolist()] + \
+                [self.cfg.e2e.doc_instruction + self.pairs.doc_texts[j] for j in my_picks.tolist()]
+        model = self.encoder.model
+        was_training = model.training
+        model.eval()
+        emb = self.embed(texts)  # (2b, D)
+        model.train(was_training)
+        q, d_all = emb[:b], dist.gather_detached(emb[b:])  # (b, D), (W * b, D)
+        none = Samples(q.new_zeros(0, q.shape[1]), torch.zeros(0, dtype=torch.long, device=q.device),
+                       torch.zeros(b, 0, dtype=torch.long, device=q.device), q.new_zeros(b, 0))
+        pos = Positives(d_all, picks.to(self.device), torch.arange(b, device=self.device) + r * b,
+                        [self.pairs.positives[i] for i in mine.tolist()])
+        stages = list(self.head.stages)
+        noise = [st.ads.noise for st in stages]
+        for st in stages:
+            st.ads.noise = 0.0  # the probe must not depend on (or consume) a Gumbel draw
+        value = objective(lambda x: [(1.0, F.normalize(x, dim=-1))] + phase.student(x), q, none, pos,
+                          self.head_cfg).item()
+        for st, n in zip(stages, noise):
+            st.ads.noise = n
+        return dist.mean_over_ranks(value)
+
+    def begin_phase(self, phase: Phase, index: int) -> None:
+        self.probes[str(index + 1)] = {"start": self.probe_loss(phase)}
+
+    def end_phase(self, phase: Phase, index: int) -> None:
+        self.probes[str(index + 1)]["end"] = self.probe_loss(phase)
+        log.info("stage %d: probe loss %.4f -> %.4f", index + 1, self.probes[str(index + 1)]["start"],
+                 self.probes[str(index + 1)]["end"])
 
     def after_micro_step(self) -> None:
         emb, rows = self._pending
@@ -423,7 +464,7 @@ class E2EJob:
         self.head = SMECHead(self.encoder.dim, cfg.run.dims, cfg.train.hidden, tau=cfg.train.ads_tau,
                              noise=cfg.train.ads_noise).to(self.device)
         self.head_cfg = replace(cfg.train, infonce_weight=e2e.infonce_weight)
-        self.task = PairTask(self.pairs, self.encoder, cfg, self.head_cfg, self.device)
+        self.task = PairTask(self.pairs, self.encoder, self.head, cfg, self.head_cfg, self.device)
         phases = smec_phases(self.head, self.task.basis, self.head_cfg)
         self.engine = AccelerateEngine(self.acc, model, opt, sched, e2e.max_grad_norm)
         self.trainer = Trainer(self.head, phases, self.task, self.head_cfg, engine=self.engine,
@@ -456,6 +497,7 @@ class E2EJob:
             self.ckpts.save(self.acc, self._global_step(trainer), self._position(trainer))
 
     def _on_phase_end(self, trainer: Trainer, index: int) -> None:
+        self.task.end_phase(trainer.phases[index], index)
         self.export(index)
         self.ckpts.save(self.acc, self._global_step(trainer), self._position(trainer))
 
@@ -490,7 +532,7 @@ class E2EJob:
     # -- run / save -----------------------------------------------------------------------
     def run(self) -> dict:
         stats = self.trainer.fit()
-        return {"stages": stats, "losses": self.trainer.losses}
+        return {"stages": stats, "probe_loss": self.task.probes, "losses": self.trainer.losses}
 
     def save(self, result: dict) -> dict:
         summary = {"model": self.cfg.model.name, "backbone": self.cfg.e2e.backbone, "world_size": dist.world_size(),

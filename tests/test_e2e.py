@@ -1,0 +1,186 @@
+"""End-to-end mode on one process: bad input stops before any work, checkpoints are
+complete or ignored, and a stage export loads without DeepSpeed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from smec_dist.checkpoint import MARKER, Checkpoints, config_difference
+from smec_dist.cli import main
+from smec_dist.errors import SmecError
+from tests.mini_beir import make_mini_beir
+
+ROOT = Path(__file__).resolve().parents[1]
+SCIFACT = Path(os.environ.get("SMEC_DATA_DIR", ROOT.parent / "shared" / "data")) / "scifact"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    if not (SCIFACT / "corpus.jsonl").exists():
+        pytest.skip(f"{SCIFACT} not found")
+    root = tmp_path_factory.mktemp("data")
+    make_mini_beir(SCIFACT, root / "mini", n_queries=16, n_extra_docs=16)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(monkeypatch):
+    monkeypatch.setenv("SMEC_CACHE", os.environ.get("SMEC_CACHE", str(ROOT / ".cache")))
+
+
+def args(data_dir: Path, out: Path, *overrides: str) -> list[str]:
+    return ["train", f"data.data_dir={data_dir}", "data.dataset=mini", "model.name=tiny-qwen2",
+            "model.max_length=32", "run.dims=[32,16]", "run.progress=false", f"run.output_dir={out}",
+            "train.topk=4", "train.queue_size=16", "e2e.per_device_batch=4", "e2e.steps_per_stage=3",
+            "e2e.checkpoint_every=2", "e2e.basis_docs=8", *overrides]
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("smec: error: ") and "\n" not in err, err
+    return err
+
+
+# ------------------------------------------------------------------- bad input, before any work
+
+
+def test_deepspeed_config_contradicting_the_trainer(data_dir, tmp_path, capsys):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 3}))
+    err = _error(capsys, args(data_dir, tmp_path / "out", f"e2e.deepspeed={ds}"))
+    assert str(ds) in err and "train_micro_batch_size_per_gpu=3" in err and "e2e.per_device_batch=4" in err
+    assert not (tmp_path / "out").exists()  # nothing written: the check came first
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"optimizer": {"type": "AdamW"}}, "optimizer"),
+    ({"bf16": {"enabled": True}}, "bf16.enabled"),
+    ({"gradient_accumulation_steps": 4}, "gradient_accumulation_steps"),
+    ({"zero_optimization": {"stage": 5}}, "zero_optimization.stage"),
+])
+def test_deepspeed_contradictions_name_their_key(bad, key, data_dir, tmp_path, capsys):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, **bad}))
+    assert key in _error(capsys, args(data_dir, tmp_path / "out", f"e2e.deepspeed={ds}"))
+
+
+def test_deepspeed_config_not_json_names_file_and_line(data_dir, tmp_path, capsys):
+    ds = tmp_path / "ds.json"
+    ds.write_text('{\n  "zero_optimization": {"stage": 2},\n  oops\n}')
+    assert f"{ds}:3" in _error(capsys, args(data_dir, tmp_path / "out", f"e2e.deepspeed={ds}"))
+
+
+def test_frozen_backbone_with_deepspeed_is_refused(data_dir, tmp_path, capsys):
+    err = _error(capsys, args(data_dir, tmp_path / "out", "e2e.backbone=frozen", "e2e.deepspeed=ds_configs/zero2.json"))
+    assert "frozen" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="QLoRA is the GPU path")
+def test_qlora_on_cpu_is_a_clear_error(data_dir, tmp_path, capsys):
+    err = _error(capsys, args(data_dir, tmp_path / "out", "e2e.backbone=qlora"))
+    assert "qlora" in err and "GPU" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_lora_targets_are_named(data_dir, tmp_path, capsys):
+    err = _error(capsys, args(data_dir, tmp_path / "out", "e2e.lora_targets=[q_proj,query,value]"))
+    assert "query, value" in err and "q_proj, up_proj, v_proj" in err
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_dims_at_or_above_the_backbone_width(data_dir, tmp_path, capsys):
+    assert "backbone width 64" in _error(capsys, args(data_dir, tmp_path / "out", "run.dims=[64,32]"))
+
+
+def test_split_without_judgments(data_dir, tmp_path, capsys):
+    assert "e2e.split: 'dev'" in _error(capsys, args(data_dir, tmp_path / "out", "e2e.split=dev"))
+
+
+def test_batch_larger_than_the_split(data_dir, tmp_path, capsys):
+    assert "e2e.per_device_batch" in _error(capsys, args(data_dir, tmp_path / "out", "e2e.per_device_batch=64"))
+
+
+# ------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoints_ignore_partial_and_unmarked_folders(tmp_path):
+    ck = Checkpoints(tmp_path, {"model": {"name": "m"}})
+    good = tmp_path / "step-00000004"
+    good.mkdir()
+    (good / MARKER).write_text(json.dumps({"fingerprint": {"model": {"name": "m"}}, "global_step": 4}))
+    (tmp_path / "step-00000008.partial").mkdir()  # a save the kill interrupted
+    (tmp_path / "step-00000006").mkdir()  # renamed but no marker: never complete
+    assert ck.complete() == [(4, good)]
+    assert ck.resolve("auto") == good
+    assert ck.resolve("") is None
+    with pytest.raises(SmecError, match="not a complete checkpoint"):
+        ck.resolve(str(tmp_path / "step-00000008.partial"))
+    assert Checkpoints(tmp_path / "none", {}).resolve("auto") is None  # nothing yet: a fresh start
+
+
+def test_checkpoint_of_another_config_names_the_difference(tmp_path):
+    (tmp_path / "step-00000002").mkdir()
+    (tmp_path / "step-00000002" / MARKER).write_text(json.dumps({"fingerprint": {"dims": [32, 16]}}))
+    with pytest.raises(SmecError, match=r"another config \(dims: \[32, 16\] -> \[48, 24\]\)"):
+        Checkpoints(tmp_path, {"dims": [48, 24]}).resolve("auto")
+    assert config_difference({"a": {"b": 1}}, {"a": {"b": 2}}) == ["a.b: 1 -> 2"]
+
+
+# ------------------------------------------------------------------- a real one-process run
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    os.environ.setdefault("SMEC_CACHE", str(ROOT / ".cache"))
+    assert main(args(data_dir, out, "e2e.backbone=lora", "e2e.backbone_lr=5e-3")) == 0
+    return out
+
+
+def test_one_process_run_writes_log_checkpoints_and_stage_exports(trained):
+    log = json.loads((trained / "train_log.json").read_text())
+    assert log["world_size"] == 1 and not log["deepspeed"] and len(log["losses"]) == 6
+    assert set(log["probe_loss"]) == {"1", "2"}
+    names = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    assert names == ["step-00000005", "step-00000006"]  # saved at 2, 3, 5, 6; keep_checkpoints=2; no .partial
+    for s in (1, 2):
+        meta = json.loads((trained / "stages" / f"stage{s}" / "smec.json").read_text())
+        assert meta["dims"] == [32, 16][:s] and meta["pooling"] == "last" and meta["append_eos"]
+
+
+def test_resume_folder_from_another_config_is_refused(trained, data_dir, capsys):
+    err = _error(capsys, args(data_dir, trained, "run.dims=[48,24]", "--resume", "auto"))
+    assert "checkpoint of another config" in err and "dims" in err
+
+
+def test_stage_export_loads_without_deepspeed(trained):
+    """The exported stage is a PEFT adapter + tokenizer + head: load with transformers and
+    peft alone, encode, compress."""
+    from peft import PeftModel
+    from transformers import AutoModel, AutoTokenizer
+
+    from smec_dist.backbone import Encoder, resolve_model
+    from smec_dist.head import CompressedModel
+
+    stage = trained / "stages" / "stage2"
+    meta = json.loads((stage / "smec.json").read_text())
+    base = AutoModel.from_pretrained(resolve_model(meta["base_model"]))
+    model = PeftModel.from_pretrained(base, stage / "backbone").merge_and_unload()
+    tok = AutoTokenizer.from_pretrained(stage / "backbone")
+    enc = Encoder(model, tok, pooling=meta["pooling"], append_eos=meta["append_eos"], max_length=meta["max_length"])
+    full = enc.encode(["a claim about cells", "another text"], progress=False)
+    head = CompressedModel.load(stage / "head.safetensors")
+    assert head.dims == [32, 16]
+    small = head.compress(full, 16)
+    assert small.shape == (2, 16)
+    assert abs(float((small ** 2).sum(1)[0]) - 1.0) < 1e-5
+    # the adapter changed the backbone: its output differs from the base model's
+    plain = Encoder(AutoModel.from_pretrained(resolve_model(meta["base_model"])), tok, pooling="last",
+                    append_eos=True, max_length=meta["max_length"]).encode(["a claim about cells"], progress=False)
+    assert not torch.allclose(torch.from_numpy(full[:1]), torch.from_numpy(plain), atol=1e-6)
