@@ -29,21 +29,24 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="qwen2-7b, llama3-8b, smollm2-135m, or a folder with config.json")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs per node")
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3), help="ZeRO stage")
-    p.add_argument("--mode", default="lora", choices=("frozen", "full", "lora", "qlora"))
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-targets", default="all-linear", help="all-linear or a comma list, e.g. q_proj,v_proj")
-    p.add_argument("--batch", type=int, default=8, help="sequences per GPU per micro step")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--queue-size", type=int, default=65536, help="S-XBM entries")
-    p.add_argument("--offload", action="store_true", help="ZeRO-Offload optimizer states (and ZeRO-3 params) to CPU")
-    p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True,
-                   help="gradient checkpointing of every decoder layer")
+    # flags left unset take their value from --config (a smec train config), else the default
+    p.add_argument("--config", "-c", help="a smec train config (model, e2e, dims, queue, DeepSpeed JSON)")
+    p.add_argument("--model", help="qwen2-7b, llama3-8b, smollm2-135m, a known hub id, or a folder with config.json")
+    p.add_argument("--gpus", type=int, help="GPUs per node (default 1)")
+    p.add_argument("--nodes", type=int, help="nodes (default 1)")
+    p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), help="ZeRO stage (default 0)")
+    p.add_argument("--mode", choices=("frozen", "full", "lora", "qlora"), help="backbone training (default lora)")
+    p.add_argument("--lora-r", type=int, help="LoRA rank (default 16)")
+    p.add_argument("--lora-targets", help="all-linear (default) or a comma list, e.g. q_proj,v_proj")
+    p.add_argument("--batch", type=int, help="sequences per GPU per micro step (default 8)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default 512)")
+    p.add_argument("--queue-size", type=int, help="S-XBM entries (default 65536)")
+    p.add_argument("--offload", action="store_true", default=None,
+                   help="ZeRO-Offload optimizer states (and ZeRO-3 params) to CPU")
+    p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
+                   help="gradient checkpointing of every decoder layer (default on)")
     p.add_argument("--dims", help="SMEC widths, e.g. 1792,896,448,224 (default D/2 ... D/16)")
-    p.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), help="default bf16")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 

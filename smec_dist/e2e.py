@@ -310,8 +310,6 @@ def precision(cfg: Config) -> str:
     p = cfg.e2e.precision
     if p == "auto":
         return "bf16" if torch.cuda.is_available() else "fp32"
-    if p == "bf16" and not torch.cuda.is_available() and cfg.e2e.deepspeed:
-        raise SmecError("e2e.precision=bf16 with DeepSpeed needs a GPU here; use fp32 (or auto) on CPU")
     return p
 
 
@@ -439,8 +437,9 @@ class E2EJob:
             local_rank=self.acc.local_process_index)
         self.tokenizer, self.pooling, self.append_eos = tok, pooling, append_eos
         trainable = [p for p in model.parameters() if p.requires_grad]
-        self.n_params = sum(p.numel() for p in model.parameters())
-        self.n_trainable = sum(p.numel() for p in trainable)
+        # under ZeRO-3 the weights are already partitioned here: ds_numel is the full size
+        self.n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        self.n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in trainable)
         log.info("backbone %s (%s): %.1fM parameters, %.2fM trainable; %s, %s, %d rank(s)", cfg.model.name,
                  e2e.backbone, self.n_params / 1e6, self.n_trainable / 1e6, prec,
                  f"DeepSpeed {ds_path}" if ds_path else "DDP" if world > 1 else "one process", world)

@@ -78,6 +78,13 @@ BUILTIN_MODELS: dict[str, tuple[str, dict]] = {
         max_position_embeddings=8192, rope_theta=1e5)),
 }
 
+# Hub ids of the built-ins (planning needs no download: the shapes above are theirs).
+HUB_IDS = {
+    "Qwen/Qwen2-7B": "qwen2-7b", "Qwen/Qwen2-7B-Instruct": "qwen2-7b",
+    "meta-llama/Meta-Llama-3-8B": "llama3-8b", "meta-llama/Meta-Llama-3-8B-Instruct": "llama3-8b",
+    "meta-llama/Llama-3.1-8B": "llama3-8b", "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m",
+}
+
 # QLoRA's NF4 storage (bitsandbytes, blocksize 64, double quantisation as in Dettmers et al.):
 # 4 bits per weight, an 8-bit absmax per 64 weights and an fp32 constant per 256 absmaxes.
 NF4_BYTES = 0.5
@@ -178,10 +185,16 @@ def load_model_config(model: str):
     """The transformers config of a built-in name or of a folder holding ``config.json``."""
     import transformers
 
+    model = HUB_IDS.get(model, model)
     if model in BUILTIN_MODELS:
         cls_name, kwargs = BUILTIN_MODELS[model]
         return getattr(transformers, cls_name)(**kwargs)
     path = Path(model)
+    if not path.is_dir():
+        from .backbone import MODEL_ALIASES, resolve_model
+
+        if model.lower() in MODEL_ALIASES:  # smec's own aliases (tiny-qwen2, minilm, ...)
+            path = Path(resolve_model(model))
     if not path.is_dir():
         raise SmecError(f"--model {model!r} is neither a built-in name ({', '.join(BUILTIN_MODELS)}) "
                         f"nor a folder with a config.json")
@@ -712,12 +725,49 @@ def parse_dims(text: str | None) -> tuple[int, ...]:
         raise SmecError(f"--dims {text!r}: expected comma-separated integers") from exc
 
 
+FLAG_DEFAULTS = dict(gpus=1, nodes=1, zero=0, mode="lora", lora_r=16, lora_targets="all-linear", batch=8,
+                     seq_len=512, queue_size=65536, offload=False, grad_ckpt=True, dims=None, precision="bf16")
+
+
+def settings_from_config(path: str) -> dict:
+    """Plan settings read from a ``smec train`` config: its backbone, LoRA, sequence length,
+    batch (queries and documents are encoded together: 2 sequences per pair), queue, dims,
+    precision, and the ZeRO stage and offload of its DeepSpeed JSON."""
+    from .config import load_config
+
+    cfg = load_config(path)
+    e2e = cfg.e2e
+    out = dict(model=cfg.model.name, mode=e2e.backbone, lora_r=e2e.lora_r, lora_targets=",".join(e2e.lora_targets),
+               batch=2 * e2e.per_device_batch, seq_len=cfg.model.max_length, queue_size=cfg.train.queue_size,
+               grad_ckpt=e2e.gradient_checkpointing, dims=",".join(map(str, cfg.run.dims)),
+               precision="fp32" if e2e.precision == "fp32" else "bf16", zero=0, offload=False)
+    if e2e.deepspeed:
+        ds_path = Path(e2e.deepspeed)
+        try:
+            ds = json.loads(ds_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SmecError(f"{path}: e2e.deepspeed {ds_path} cannot be read ({exc})") from exc
+        zero = ds.get("zero_optimization", {})
+        out["zero"] = int(zero.get("stage", 0))
+        out["offload"] = zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
+    return out
+
+
 def plan_command(args) -> str:
-    """``smec plan``: the text (or JSON) to print for the parsed command-line ``args``."""
-    spec = PlanSpec(model=args.model, gpus=args.gpus, nodes=args.nodes, zero=args.zero, mode=args.mode,
-                    lora_r=args.lora_r, lora_targets=args.lora_targets, batch=args.batch, seq_len=args.seq_len,
-                    queue_size=args.queue_size, offload=args.offload, grad_ckpt=args.grad_ckpt,
-                    dims=parse_dims(args.dims), precision=args.precision)
+    """``smec plan``: the text (or JSON) to print for the parsed command-line ``args``.
+
+    Flags given on the command line win over ``--config``, which wins over the defaults."""
+    values = dict(FLAG_DEFAULTS, model=None)
+    if args.config:
+        values.update(settings_from_config(args.config))
+    values.update({k: v for k, v in vars(args).items() if k in values and v is not None})
+    if not values["model"]:
+        raise SmecError("smec plan needs --model or --config")
+    spec = PlanSpec(model=values["model"], gpus=values["gpus"], nodes=values["nodes"], zero=values["zero"],
+                    mode=values["mode"], lora_r=values["lora_r"], lora_targets=values["lora_targets"],
+                    batch=values["batch"], seq_len=values["seq_len"], queue_size=values["queue_size"],
+                    offload=values["offload"], grad_ckpt=values["grad_ckpt"], dims=parse_dims(values["dims"]),
+                    precision=values["precision"])
     plan = make_plan(spec)
     ds, ds_line = compare_with_deepspeed(plan)
     if args.json:

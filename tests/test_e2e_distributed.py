@@ -67,7 +67,8 @@ BACKENDS = {
     "ddp": ["e2e.backbone=full"],
     "zero2": ["e2e.backbone=full", "e2e.deepspeed=ds_configs/zero2.json"],
     "zero3": ["e2e.backbone=full", "e2e.deepspeed=ds_configs/zero3.json"],
-    "zero3-lora": ["e2e.backbone=lora", "e2e.backbone_lr=5e-3", "e2e.deepspeed=ds_configs/zero3.json"],
+    "zero3-lora": ["e2e.backbone=lora", "e2e.backbone_lr=5e-3", "e2e.deepspeed=ds_configs/zero3.json",
+                   "e2e.gradient_checkpointing=true"],
 }
 
 
@@ -93,8 +94,12 @@ def test_tiny_qwen2_trains_end_to_end(backend, data_dir, tmp_path):
         first = load_file(out / "stages" / "stage1" / "head.safetensors")
         last = load_file(out / "stages" / "stage2" / "head.safetensors")
         assert first and all(torch.equal(first[k], last[k]) for k in first)
+    backbone = out / "stages" / "stage2" / "backbone"
     if backend == "zero3-lora":  # a PEFT adapter, not full weights
-        assert (out / "stages" / "stage2" / "backbone" / "adapter_model.safetensors").exists()
+        assert (backbone / "adapter_model.safetensors").exists()
+    else:  # full weights, gathered from the ZeRO partitions: every tensor complete
+        weights = load_file(backbone / "model.safetensors")
+        assert weights["embed_tokens.weight"].shape[1] == 64 and all(t.numel() for t in weights.values())
 
 
 @pytest.mark.slow
@@ -196,3 +201,22 @@ def test_sigkill_in_stage_2_then_resume_auto_is_exact_under_zero2(data_dir, tmp_
     for name in ("head.safetensors", "backbone/model.safetensors"):
         x, y = load_file(full / "stages" / "stage2" / name), load_file(killed / "stages" / "stage2" / name)
         assert set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x), name
+
+
+@pytest.mark.parametrize("launcher", ["accelerate-zero2-yaml", "accelerate-ddp"])
+def test_accelerate_launch(launcher, data_dir, tmp_path):
+    """The same trainer under ``accelerate launch``: DeepSpeed from the launcher's YAML (the
+    trainer reads its JSON), and plain DDP (ACCELERATE_USE_CPU=1 --multi_gpu on CPU)."""
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
+    out = tmp_path / launcher
+    args = train_args(data_dir, out, "e2e.backbone=full", "run.dims=[32]", "e2e.steps_per_stage=6")
+    if launcher == "accelerate-zero2-yaml":
+        cmd = accelerate + ["--config_file", "configs/accelerate/cpu-2proc-zero2.yaml", *args]
+        proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    else:
+        env = dict(_env(), ACCELERATE_USE_CPU="1")
+        cmd = accelerate + ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", *args]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _check_trained(out, launcher != "accelerate-ddp", stages=1)

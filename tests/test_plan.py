@@ -195,3 +195,27 @@ def test_cli_plan_bad_model_is_one_line_error(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("smec: error:") and "no-such-model" in err and "qwen2-7b" in err
     assert len(err.splitlines()) == 1
+
+
+def test_plan_reads_a_train_config_and_flags_win(tmp_path, capsys):
+    """``smec plan --config`` takes the backbone, LoRA, batch (a query and a document per
+    pair), sequence length, queue, dims and the ZeRO stage of the config's DeepSpeed JSON."""
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("model: {name: Qwen/Qwen2-7B, max_length: 256}\n"
+                   "run: {dims: [1792, 896]}\n"
+                   "train: {queue_size: 1024}\n"
+                   "e2e: {backbone: lora, lora_r: 8, per_device_batch: 4, gradient_checkpointing: true,\n"
+                   "      deepspeed: ds_configs/zero3.json}\n")
+    assert main(["plan", "--config", str(cfg), "--gpus", "8", "--json"]) == 0
+    setup = json.loads(capsys.readouterr().out)["setup"]
+    assert setup["model"] == "Qwen/Qwen2-7B" and setup["zero"] == 3 and setup["mode"] == "lora"
+    assert (setup["lora_r"], setup["batch"], setup["seq_len"], setup["queue_size"]) == (8, 8, 256, 1024)
+    assert setup["dims"] == [1792, 896] and setup["gpus"] == 8
+    assert main(["plan", "--config", str(cfg), "--zero", "2", "--mode", "full", "--json"]) == 0
+    setup = json.loads(capsys.readouterr().out)["setup"]
+    assert (setup["zero"], setup["mode"], setup["gpus"]) == (2, "full", 1)
+
+
+def test_plan_without_model_or_config_is_an_error(capsys):
+    assert main(["plan", "--gpus", "8"]) == 2
+    assert "needs --model or --config" in capsys.readouterr().err
