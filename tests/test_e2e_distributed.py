@@ -130,21 +130,23 @@ def test_two_rank_gradients_equal_one_process(mode, data_dir, tmp_path):
         assert ((a[k] - b[k]).abs().max() / scale).item() < 1e-4, k
 
 
-def test_queue_is_the_same_on_every_rank_and_as_one_process(data_dir, tmp_path):
+@pytest.mark.parametrize("mode, tol", [("queue", 5e-3), ("queue-fixed", 1e-5)])
+def test_queue_is_the_same_on_every_rank_and_as_one_process(mode, tol, data_dir, tmp_path):
     """After 5 steps the two ranks' S-XBM memories are identical (gathered before enqueue)
-    and hold the documents one process would hold; their vectors match one process's to
-    5e-3 (measured 1.4e-3: reduction order differs, and Adam's normalised step turns
+    and hold the documents one process would hold, in the same slots. Their vectors match
+    one process's to 1e-5 with the backbone fixed (measured: bit-identical), and to 5e-3
+    while it trains (measured 1.4e-3: Adam's normalised step turns
     rounding-level gradient differences into lr-sized parameter differences)."""
     script = "tests/scripts/e2e_probe.py"
-    run([sys.executable, script, "queue", str(tmp_path / "one.pt"), str(data_dir), "16"])
-    run(torchrun(script, "queue", str(tmp_path / "two.pt"), str(data_dir), "16"))
+    run([sys.executable, script, mode, str(tmp_path / "one.pt"), str(data_dir), "16"])
+    run(torchrun(script, mode, str(tmp_path / "two.pt"), str(data_dir), "16"))
     single = torch.load(tmp_path / "one.pt.rank0")
     r0, r1 = torch.load(tmp_path / "two.pt.rank0"), torch.load(tmp_path / "two.pt.rank1")
     assert torch.equal(r0["emb"], r1["emb"]) and torch.equal(r0["ids"], r1["ids"])
     assert (r0["ptr"], r0["count"]) == (r1["ptr"], r1["count"]) == (single["ptr"], single["count"])
     assert r0["count"] > 0
     assert torch.equal(r0["ids"], single["ids"])
-    assert (r0["emb"] - single["emb"]).abs().max().item() < 5e-3
+    assert (r0["emb"] - single["emb"]).abs().max().item() < tol
 
 
 def _kill_tree(pid: int) -> None:
@@ -158,12 +160,13 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
-def test_sigkill_in_stage_2_then_resume_auto_is_exact_under_zero2(data_dir, tmp_path):
+@pytest.mark.parametrize("backend", ["zero2", "zero3-lora"])
+def test_sigkill_in_stage_2_then_resume_auto_is_exact(backend, data_dir, tmp_path):
     """A run killed with SIGKILL in the middle of SMRL stage 2 and resumed with
     ``--resume auto`` gives the same per-step losses and bit-identical final weights as an
-    uninterrupted run (ZeRO-2, CPU). A half-written checkpoint is never resumed from."""
-    common = ["e2e.backbone=full", "e2e.deepspeed=ds_configs/zero2.json", "e2e.steps_per_stage=30",
-              "e2e.checkpoint_every=3"]
+    uninterrupted run (CPU; also measured exact under DDP and ZeRO-3 full). A half-written
+    checkpoint is never resumed from."""
+    common = [*BACKENDS[backend], "e2e.steps_per_stage=30", "e2e.checkpoint_every=3"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     run(torchrun(*train_args(data_dir, full, *common)))
 
@@ -198,7 +201,8 @@ def test_sigkill_in_stage_2_then_resume_auto_is_exact_under_zero2(data_dir, tmp_
     b = json.loads((killed / "train_log.json").read_text())
     assert len(a["losses"]) == len(b["losses"]) == 60
     assert a["losses"] == b["losses"]
-    for name in ("head.safetensors", "backbone/model.safetensors"):
+    weights = "backbone/adapter_model.safetensors" if "lora" in backend else "backbone/model.safetensors"
+    for name in ("head.safetensors", weights):
         x, y = load_file(full / "stages" / "stage2" / name), load_file(killed / "stages" / "stage2" / name)
         assert set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x), name
 

@@ -12,6 +12,8 @@ DDP when there are 2 ranks) on a BEIR folder ``DATA_DIR/mini``. Modes:
   includes hard samples from it.
 - ``queue``: trains 5 steps through the real Trainer; every rank saves its queue to
   ``OUT.pt.rank<r>``.
+- ``queue-fixed``: the same with the backbone's learning rate at 0, so the queued vectors
+  isolate the gather (no optimizer amplification of rounding differences).
 """
 
 import os
@@ -34,10 +36,11 @@ def main(mode: str, out: str, data_dir: str, global_batch: int) -> None:
                              f"run.output_dir={Path(out).parent / f'{Path(out).stem}-run{world}'}",
                              "train.topk=8", "train.queue_size=24", "train.ads_noise=1.0",
                              "e2e.backbone=full", f"e2e.per_device_batch={global_batch // world}",
-                             "e2e.steps_per_stage=5", "e2e.checkpoint_every=0", "e2e.basis_docs=16"])
+                             "e2e.steps_per_stage=5", "e2e.checkpoint_every=0", "e2e.basis_docs=16",
+                             f"e2e.backbone_lr={0 if mode == 'queue-fixed' else 1e-4}"])
     job = E2EJob(cfg)
     job.setup()
-    if mode == "queue":
+    if mode.startswith("queue"):
         job.trainer.phases = job.trainer.phases[:1]
         job.run()
         torch.save(job.task.queue.state_dict(), f"{out}.rank{dist.rank()}")
