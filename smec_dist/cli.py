@@ -6,6 +6,7 @@
     smec download NAME --data-dir DIR                     fetch a public BEIR dataset
     smec config   [--config F] [section.key=value ...]   print the resolved config
     smec train    --config F [--resume auto] [k=v ...]     end-to-end training (accelerate launch / torchrun)
+    smec evaluate --stage DIR [--config F]               metrics of a smec train stage export
     smec plan     --model M --gpus N --zero Z --mode MODE [...]  per-GPU memory of a training setup
 
 Errors caused by input print one line (``smec: error: ...``) and exit with status 2.
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="end-to-end: train the backbone (full/LoRA/QLoRA) with the SMEC head")
     _config_args(t)
     t.add_argument("--resume", help="auto (newest complete checkpoint) or a checkpoint folder; sets e2e.resume")
+    ev = sub.add_parser("evaluate", help="retrieval metrics of a smec train stage export at every dim")
+    _config_args(ev)
+    ev.add_argument("--stage", required=True, help="a stage export, e.g. runs/x/stages/stage4")
     c = sub.add_parser("compress", help="compress saved embeddings with a trained head")
     c.add_argument("--head", required=True, help="a head .safetensors written by smec run")
     c.add_argument("--input", required=True, help=".npy of full-width embeddings (n, D)")
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        if args.command in ("run", "encode", "config", "train"):
+        if args.command in ("run", "encode", "config", "train", "evaluate"):
             from .config import load_config
 
             overrides = list(args.overrides)
@@ -115,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
                 import yaml
 
                 print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            elif args.command == "evaluate":
+                from .e2e import evaluate_export
+
+                out = evaluate_export(args.stage, cfg)
+                print(f"{out['dataset']} {out['split']}: " + ", ".join(
+                    f"{dim} dims nDCG@10 {m['nDCG@10']:.4f}" for dim, m in out["metrics"].items()))
             elif args.command == "train":
                 from .e2e import train_e2e
 

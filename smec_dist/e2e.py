@@ -559,3 +559,65 @@ def train_e2e(cfg: Config) -> dict:
         return job.save(job.run())
     finally:
         job.cleanup()
+
+
+# ------------------------------------------------------------------------------ evaluate
+
+
+def load_export(stage_dir: str | Path):
+    """A stage export as (Encoder, head, metadata), with transformers and peft only."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from .backbone import resolve_model
+    from .head import load_head
+
+    stage = Path(stage_dir)
+    meta_path = stage / "smec.json"
+    if not meta_path.is_file():
+        raise SmecError(f"{stage}: not a stage export (no smec.json)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    backbone = stage / "backbone"
+    if (backbone / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(AutoModel.from_pretrained(resolve_model(meta["base_model"])),
+                                          backbone).merge_and_unload()
+    elif (backbone / "config.json").is_file():
+        model = AutoModel.from_pretrained(backbone)
+    else:  # a frozen backbone is not exported: the base model is the one trained with
+        model = AutoModel.from_pretrained(resolve_model(meta["base_model"]))
+    tok = AutoTokenizer.from_pretrained(backbone)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.eval()
+    enc = Encoder(model, tok, pooling=meta["pooling"], normalize=True, max_length=meta["max_length"],
+                  append_eos=meta["append_eos"])
+    return enc, load_head(stage / "head.safetensors"), meta
+
+
+def evaluate_export(stage_dir: str | Path, cfg: Config) -> dict:
+    """nDCG@10 and the other BEIR metrics of a stage export on ``data.eval_split``, at full
+    width and every trained dim (exact inner-product search). Writes ``eval.json`` beside it."""
+    from .evaluation import evaluate_run, search_run
+
+    enc, head, meta = load_export(stage_dir)
+    ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
+    if cfg.data.eval_split not in ds.qrels:
+        raise SmecError(f"data.eval_split: '{cfg.data.eval_split}' is not a split of {ds.root}")
+    qrels = {q: d for q, d in ds.qrels[cfg.data.eval_split].items() if q in ds.queries}
+    qids = sorted(qrels)
+    docs = enc.encode([meta["doc_instruction"] + t for t in ds.doc_texts()], batch_size=cfg.model.batch_size,
+                      progress=cfg.run.progress, desc="encode corpus")
+    queries = enc.encode([meta["query_instruction"] + ds.queries[q] for q in qids], batch_size=cfg.model.batch_size,
+                         progress=cfg.run.progress, desc="encode queries")
+    results = {}
+    with torch.no_grad():
+        for dim in [meta["full_dim"], *meta["dims"]]:
+            d = head.compress(torch.from_numpy(docs), dim).numpy()
+            q = head.compress(torch.from_numpy(queries), dim).numpy()
+            results[str(dim)] = evaluate_run(qrels, search_run(d, ds.doc_ids(), q, qids, k=cfg.run.search_k))
+    out = {"stage": str(stage_dir), "dataset": ds.name, "split": cfg.data.eval_split, "metrics": results}
+    tmp = Path(stage_dir) / "eval.json.tmp"
+    tmp.write_text(json.dumps(out, indent=1), encoding="utf-8")
+    os.replace(tmp, Path(stage_dir) / "eval.json")
+    return out

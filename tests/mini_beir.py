@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
+
+import pytest
+
+SCIFACT = Path(os.environ.get("SMEC_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) / "scifact"
+
+
+def mini_data_dir(tmp_path_factory, **sizes) -> Path:
+    """A data folder holding ``mini`` (see :func:`make_mini_beir`), cut from the shared SciFact."""
+    if not (SCIFACT / "corpus.jsonl").exists():
+        pytest.fail(f"{SCIFACT} not found: set SMEC_DATA_DIR")
+    root = tmp_path_factory.mktemp("data")
+    make_mini_beir(SCIFACT, root / "mini", **sizes)
+    return root
 
 
 def make_mini_beir(src: Path, dst: Path, n_queries: int = 32, n_extra_docs: int = 64, max_chars: int = 300) -> Path:

@@ -13,19 +13,14 @@ import torch
 from smec_dist.checkpoint import MARKER, Checkpoints, config_difference
 from smec_dist.cli import main
 from smec_dist.errors import SmecError
-from tests.mini_beir import make_mini_beir
+from tests.mini_beir import mini_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SCIFACT = Path(os.environ.get("SMEC_DATA_DIR", ROOT.parent / "shared" / "data")) / "scifact"
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    if not (SCIFACT / "corpus.jsonl").exists():
-        pytest.skip(f"{SCIFACT} not found")
-    root = tmp_path_factory.mktemp("data")
-    make_mini_beir(SCIFACT, root / "mini", n_queries=16, n_extra_docs=16)
-    return root
+    return mini_data_dir(tmp_path_factory, n_queries=16, n_extra_docs=16)
 
 
 @pytest.fixture(autouse=True)
@@ -184,3 +179,17 @@ def test_stage_export_loads_without_deepspeed(trained):
     plain = Encoder(AutoModel.from_pretrained(resolve_model(meta["base_model"])), tok, pooling="last",
                     append_eos=True, max_length=meta["max_length"]).encode(["a claim about cells"], progress=False)
     assert not torch.allclose(torch.from_numpy(full[:1]), torch.from_numpy(plain), atol=1e-6)
+
+
+def test_evaluate_a_stage_export(trained, data_dir, capsys):
+    stage = trained / "stages" / "stage2"
+    assert main(["evaluate", "--stage", str(stage), f"data.data_dir={data_dir}", "data.dataset=mini",
+                 "run.progress=false"]) == 0
+    assert "mini test: 64 dims nDCG@10" in capsys.readouterr().out
+    metrics = json.loads((stage / "eval.json").read_text())["metrics"]
+    assert set(metrics) == {"64", "32", "16"}
+    assert all(0.0 <= m["nDCG@10"] <= 1.0 for m in metrics.values())
+
+
+def test_evaluate_something_that_is_not_an_export(tmp_path, capsys):
+    assert "not a stage export" in _error(capsys, ["evaluate", "--stage", str(tmp_path)])

@@ -18,21 +18,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.mini_beir import make_mini_beir
+from tests.mini_beir import mini_data_dir
 
 pytestmark = pytest.mark.distributed
 
 ROOT = Path(__file__).resolve().parents[1]
-SCIFACT = Path(os.environ.get("SMEC_DATA_DIR", ROOT.parent / "shared" / "data")) / "scifact"
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    if not (SCIFACT / "corpus.jsonl").exists():
-        pytest.skip(f"{SCIFACT} not found")
-    root = tmp_path_factory.mktemp("data")
-    make_mini_beir(SCIFACT, root / "mini")
-    return root
+    return mini_data_dir(tmp_path_factory)
 
 
 def _env() -> dict:
