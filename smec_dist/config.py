@@ -258,6 +258,26 @@ class E2EConfig:
 
 
 @dataclass
+class TrackConfig:
+    """Experiment tracking (main process only).
+
+    Attributes:
+        backend: ``wandb``, ``tensorboard`` or ``none`` (the switch that turns it fully off).
+        mode: W&B mode: ``auto`` (online with WANDB_API_KEY, else WANDB_MODE, else offline under
+            ``<run.output_dir>/wandb``), ``offline``, ``online`` or ``disabled``.
+    """
+
+    backend: str = "wandb"
+    project: str = "smec-dist"
+    name: str = ""
+    mode: str = "auto"
+
+    def __post_init__(self):
+        _one_of("track.backend", self.backend, ("wandb", "tensorboard", "none"))
+        _one_of("track.mode", self.mode, ("auto", "offline", "online", "disabled"))
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -265,6 +285,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     e2e: E2EConfig = field(default_factory=E2EConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -44,6 +44,7 @@ from .data.download import ensure_dataset
 from .errors import SmecError
 from .head import SMECHead, save_head
 from .memory import XBMQueue
+from .tracking import Tracker, flatten
 from .trainer import Phase, Positives, Samples, Task, Trainer, _lr_factor, objective, smec_phases
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class PairTask(Task):
         self.epoch, self.cursor = 0, 0
         self.picker = torch.Generator().manual_seed(cfg.train.seed + 1)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_top1: float | None = None  # mean similarity of each query's hardest memory sample
 
     # -- data position --------------------------------------------------------------------
     def _perm(self) -> torch.Tensor:
@@ -158,6 +160,7 @@ class PairTask(Task):
         q, d = emb[:b], emb[b:]  # (b, D), (b, D)
         d_all = dist.gather(d)  # (W * b, D) every rank's positives, with gradients
         slots, sims = self.queue.topk(q.detach(), self.head_cfg.topk)  # (b, k), (b, k)
+        self.last_top1 = float(sims[:, 0].mean()) if sims.shape[1] else None
         uniq, inverse = torch.unique(slots, return_inverse=True)  # (u,), (b, k)
         samples = Samples(self.queue.emb[uniq], self.queue.ids[uniq], inverse, sims)
         pos = Positives(d_all, picks.to(self.device), torch.arange(b, device=self.device) + r * b,
@@ -290,6 +293,12 @@ class RunState:
     def load_state_dict(self, state: dict) -> None:
         self.trainer.load_state_dict(state["trainer"])
         self.engine.load_state_dict(state["engine"])
+
+
+def _rss_gib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
 
 
 # ------------------------------------------------------------------------------- checks
@@ -477,7 +486,9 @@ class E2EJob:
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.out / "config.yaml")
-        self.t0 = time.perf_counter()
+        t = cfg.track
+        self.tracker = Tracker(t.backend, self.out, cfg.to_dict(), t.project, t.name, t.mode, enabled=dist.is_main())
+        self.t0 = self._t_last = time.perf_counter()
 
     # -- hooks ----------------------------------------------------------------------------
     def _global_step(self, trainer: Trainer) -> int:
@@ -487,8 +498,22 @@ class E2EJob:
         return {"stage": trainer.phase_index + 1, "step_in_stage": trainer.step}
 
     def _log(self, row: dict) -> None:
-        if dist.is_main():
-            log.debug("%s", row)
+        """Per-step tracking: loss (mean over ranks), learning rates, throughput, memory, memory
+        queue fill and the mean similarity of each query's hardest memory sample."""
+        now = time.perf_counter()
+        pairs = self.task.global_batch * self.cfg.e2e.grad_accum
+        metrics = {"train/loss": row["loss"], "train/stage": row["phase_index"] + 1, "lr/head": row["lr"],
+                   "throughput/pairs_per_s": pairs / max(now - self._t_last, 1e-9),
+                   "memory/rss_gib": _rss_gib(), "queue/fill": len(self.task.queue),
+                   f"stage{row['phase_index'] + 1}/loss": row["loss"]}
+        self._t_last = now
+        if self.engine.sched is not None:
+            metrics["lr/backbone"] = self.engine.sched.get_last_lr()[0]
+        if self.task.last_top1 is not None:
+            metrics["queue/top1_sim"] = self.task.last_top1
+        if torch.cuda.is_available():
+            metrics["memory/cuda_max_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        self.tracker.log(metrics, step=self._global_step(self.trainer) + 1)
 
     def _on_step_end(self, trainer: Trainer) -> None:
         every = self.cfg.e2e.checkpoint_every
@@ -497,6 +522,10 @@ class E2EJob:
 
     def _on_phase_end(self, trainer: Trainer, index: int) -> None:
         self.task.end_phase(trainer.phases[index], index)
+        probe, stats = self.task.probes[str(index + 1)], trainer.stats[trainer.phases[index].name]
+        self.tracker.log({f"stage{index + 1}/probe_loss_start": probe["start"],
+                          f"stage{index + 1}/probe_loss_end": probe["end"],
+                          f"stage{index + 1}/seconds": stats["seconds"]}, step=self._global_step(trainer))
         self.export(index)
         self.ckpts.save(self.acc, self._global_step(trainer), self._position(trainer))
 
@@ -539,6 +568,8 @@ class E2EJob:
                    "trainable_parameters": self.n_trainable, "dims": self.cfg.run.dims,
                    "seconds": round(time.perf_counter() - self.t0, 2), **result}
         summary["is_main"] = dist.is_main()
+        self.tracker.summary(flatten("", {k: summary[k] for k in ("parameters", "trainable_parameters", "seconds",
+                                                                  "probe_loss")}))
         if dist.is_main():
             tmp = self.out / "train_log.json.tmp"
             tmp.write_text(json.dumps({k: v for k, v in summary.items() if k != "is_main"}, indent=1),
@@ -548,6 +579,8 @@ class E2EJob:
         return summary
 
     def cleanup(self) -> None:
+        if hasattr(self, "tracker"):
+            self.tracker.finish()
         self.acc.end_training()
 
 

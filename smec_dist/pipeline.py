@@ -27,6 +27,7 @@ from .evaluation.metrics import evaluate_run
 from .evaluation.search import search_run
 from .head import MultiHead, PrefixHead, SMECHead, pca_basis, save_head
 from .report import print_table, write_report
+from .tracking import Tracker, flatten
 from .trainer import TrainSet, train_head
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,9 @@ class Job:
             self.anchor_emb = self.queries[_rows(self.query_ids, anchor_ids)] if anchor_ids else self.queries[:0]
         log.info("dataset %s: %d docs, %d eval queries, %d anchor queries; backbone width %d",
                  self.ds.name, len(self.doc_ids), len(self.eval_qids), len(self.anchor_emb), self.full_dim)
+        t = cfg.track  # after every check: a run that fails its input leaves no tracking run behind
+        self.tracker = Tracker(t.backend, self.out, cfg.to_dict(), t.project, t.name, t.mode, enabled=dist.is_main())
+        self.track_step = 0
 
     # -- run -----------------------------------------------------------------------------
     def evaluate(self, compress) -> dict:
@@ -203,7 +207,8 @@ class Job:
                 for i, seed in enumerate(cfg.run.seeds):
                     log.info("[%s] training %s on %d anchors (seed %d)", setting, method, len(data.anchors), seed)
                     head = make()
-                    train_head(head, data, replace(tcfg, seed=seed), sampler, progress=cfg.run.progress)
+                    train_head(head, data, replace(tcfg, seed=seed), sampler, progress=cfg.run.progress,
+                               log_fn=lambda row, key=f"{setting}/{method}/seed{seed}": self._track(key, row))
                     if i == 0:  # the exported model is the first seed's
                         save_head(head, self.out / "models" / setting / f"{method}.safetensors",
                                   extra={"setting": setting, "model": cfg.model.name, "dataset": self.ds.name,
@@ -220,10 +225,17 @@ class Job:
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
+    def _track(self, key: str, row: dict) -> None:
+        # one W&B step counter for the whole job: every head's curve under its own key
+        self.track_step += 1
+        self.tracker.log({f"{key}/{row['phase']}/loss": row["loss"], f"{key}/{row['phase']}/lr": row["lr"]},
+                         step=self.track_step)
+
     # -- save ----------------------------------------------------------------------------
     def save(self, results: dict) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         dump_config(self.cfg, self.out / "config.yaml")
+        self.tracker.summary(flatten("", {"metrics": results["settings"], "timings": results["timings"]}))
         return write_report(self.out, results)
 
 
@@ -246,8 +258,11 @@ def run_job(cfg: Config) -> dict:
     job.setup()
     if not dist.is_main():  # the cache is sharded over ranks; training a head is one process's work
         return {}
-    results = job.run()
-    paths = job.save(results)
+    try:
+        results = job.run()
+        paths = job.save(results)
+    finally:
+        job.tracker.finish()
     print(print_table(results))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return results

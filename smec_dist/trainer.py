@@ -427,8 +427,9 @@ class Trainer:
             bar.update(1)
             if self.step % 20 == 0:
                 bar.set_postfix(loss=f"{ema:.4f}")
-                if self.log_fn:
-                    self.log_fn({"phase": phase.name, "step": self.step, "loss": value})
+            if self.log_fn:
+                self.log_fn({"phase": phase.name, "phase_index": self.phase_index, "step": self.step,
+                             "loss": value, "lr": self.sched.get_last_lr()[0]})
             self.step += 1
             self.stats[phase.name] = {"loss": ema, "steps": steps,
                                       "seconds": round(time.perf_counter() - t0, 2)}

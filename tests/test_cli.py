@@ -489,7 +489,7 @@ def test_config_prints_loadable_yaml(tmp_path, capsys, with_file):
     assert rc == 0, cap.err
     assert cap.err == ""
     printed = yaml.safe_load(cap.out)
-    assert set(printed) == {"data", "model", "cache", "run", "train", "e2e"}
+    assert set(printed) == {"data", "model", "cache", "run", "train", "e2e", "track"}
     path = tmp_path / "printed.yaml"
     path.write_text(cap.out, encoding="utf-8")
     expected = load_config(argv[2] if with_file else None, extra)

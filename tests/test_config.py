@@ -86,7 +86,7 @@ def test_defaults_are_valid_and_complete():
     assert cfg == Config()
     assert cfg.run.settings == list(SETTINGS) and cfg.run.methods == list(METHODS)
     assert cfg.run.dims == sorted(cfg.run.dims, reverse=True)
-    assert set(cfg.to_dict()) == {"data", "model", "cache", "run", "train", "e2e"}
+    assert set(cfg.to_dict()) == {"data", "model", "cache", "run", "train", "e2e", "track"}
     assert isinstance(cfg.data, DataConfig) and isinstance(cfg.model, ModelConfig)
     assert isinstance(cfg.cache, CacheConfig) and isinstance(cfg.run, RunConfig)
     assert isinstance(cfg.train, TrainConfig)

@@ -193,3 +193,51 @@ def test_evaluate_a_stage_export(trained, data_dir, capsys):
 
 def test_evaluate_something_that_is_not_an_export(tmp_path, capsys):
     assert "not a stage export" in _error(capsys, ["evaluate", "--stage", str(tmp_path)])
+
+
+def _wandb_records(run_dir: Path) -> tuple[list[dict], dict]:
+    """History rows and the final summary of an offline W&B run, read from its .wandb log
+    (a LevelDB-style record log of protobuf ``Record`` messages; wandb 0.31 has no reader)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    data, pos, block, buf = path.read_bytes(), 7, 32768, b""
+    history, summary = [], {}
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a FULL record, or the LAST chunk of one
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(buf)
+            buf = b""
+            if rec.WhichOneof("record_type") == "history":
+                history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+            elif rec.WhichOneof("record_type") == "summary":
+                summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.summary.update})
+    return history, summary
+
+
+def test_wandb_offline_run_holds_per_stage_metrics(data_dir, tmp_path):
+    out = tmp_path / "out"
+    assert main(args(data_dir, out, "e2e.backbone=lora", "track.backend=wandb", "track.mode=offline")) == 0
+    history, summary = _wandb_records(out)
+    keys = set().union(*history)
+    for s in (1, 2):
+        assert {f"stage{s}/loss", f"stage{s}/probe_loss_start", f"stage{s}/probe_loss_end", f"stage{s}/seconds"} <= keys
+    assert {"train/loss", "lr/head", "lr/backbone", "throughput/pairs_per_s", "memory/rss_gib", "queue/fill"} <= keys
+    log = json.loads((out / "train_log.json").read_text())
+    ends = [r["stage2/probe_loss_end"] for r in history if "stage2/probe_loss_end" in r]
+    assert ends == [pytest.approx(log["probe_loss"]["2"]["end"])]
+    assert summary["trainable_parameters"] == log["trainable_parameters"]
+
+
+def test_tracking_switched_off_writes_nothing(data_dir, tmp_path):
+    out = tmp_path / "out"
+    assert main(args(data_dir, out, "track.backend=none")) == 0
+    assert not (out / "wandb").exists() and not (out / "tensorboard").exists()
