@@ -20,14 +20,7 @@ shift || true
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
 mkdir -p logs
 
-NNODES=${SLURM_NNODES:-1}
-GPUS_PER_NODE=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-8}}
-GPUS_PER_NODE=${GPUS_PER_NODE##*:}   # "h100:8" -> 8
-# under pipefail a failing scontrol must not add a second line: default separately
-MAIN_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" 2>/dev/null | head -n 1 || true)
-MAIN_ADDR=${MAIN_ADDR:-localhost}
-MAIN_PORT=${MAIN_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}
-export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-0} TOKENIZERS_PARALLELISM=false
+source slurm/lib/cluster.sh  # NNODES, GPUS_PER_NODE, MAIN_ADDR, MAIN_PORT
 
 # 1) encode, sharded over NNODES x GPUS_PER_NODE ranks (resumable)
 srun --kill-on-bad-exit=1 bash -c "accelerate launch \

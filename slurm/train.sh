@@ -62,15 +62,8 @@ if [[ -z "$ACCEL_CONFIG" || ! -f "$ACCEL_CONFIG" ]]; then
   exit 2
 fi
 
-NNODES=${SLURM_NNODES:-1}
-GPUS_PER_NODE=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-8}}
-GPUS_PER_NODE=${GPUS_PER_NODE##*:}   # "h100:8" -> 8
-# (|| true, not || echo: under pipefail head closing the pipe early would append a second host name)
-MAIN_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" 2>/dev/null | head -n 1 || true)
-MAIN_ADDR=${MAIN_ADDR:-localhost}
-MAIN_PORT=${MAIN_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}
+source slurm/lib/cluster.sh  # NNODES, GPUS_PER_NODE, MAIN_ADDR, MAIN_PORT
 export ACCEL_CONFIG NNODES GPUS_PER_NODE MAIN_ADDR MAIN_PORT
-export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-0} TOKENIZERS_PARALLELISM=false
 echo "smec-train: job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}), $NNODES node(s) x $GPUS_PER_NODE GPUs," \
      "$ACCEL_CONFIG, main $MAIN_ADDR:$MAIN_PORT, $CONFIG $*"
 

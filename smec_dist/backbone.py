@@ -280,6 +280,13 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
                    if isinstance(m, torch.nn.Linear) and name})
 
 
+def check_backbone_mode(mode: str) -> None:
+    """A training mode this machine cannot run is an error before anything loads."""
+    if mode == "qlora" and not torch.cuda.is_available():
+        raise SmecError("e2e.backbone=qlora needs a CUDA GPU (bitsandbytes 4-bit layers have no CPU path); "
+                        "use e2e.backbone=lora on CPU")
+
+
 def load_trainable(model: str, mode: str, *, pooling: str | None = None, append_eos: bool | None = None,
                    lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.0,
                    lora_targets: Sequence[str] = ("all-linear",), gradient_checkpointing: bool = False,
@@ -301,9 +308,7 @@ def load_trainable(model: str, mode: str, *, pooling: str | None = None, append_
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    if mode == "qlora" and not torch.cuda.is_available():
-        raise SmecError("e2e.backbone=qlora needs a CUDA GPU (bitsandbytes 4-bit layers have no CPU path); "
-                        "use e2e.backbone=lora on CPU")
+    check_backbone_mode(mode)
     pooling, append_eos = resolve_pooling(model, pooling, append_eos)
     path = resolve_model(model, cache_dir)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

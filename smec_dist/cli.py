@@ -128,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "train":
                 from .e2e import train_e2e
 
+                from . import dist
+
                 summary = train_e2e(cfg)
-                if summary["is_main"]:
+                if dist.is_main():
                     print(json.dumps({k: summary[k] for k in ("model", "backbone", "world_size", "deepspeed",
                                                               "trainable_parameters", "seconds")}))
             elif args.command == "encode":

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
-from .backbone import Encoder, load_trainable, model_width
+from .backbone import Encoder, check_backbone_mode, load_trainable, model_width
 from .checkpoint import Checkpoints
 from .config import Config, dump_config
 from .data import load_beir
@@ -116,14 +116,19 @@ class PairTask(Task):
                             f"per step, but split '{cfg.e2e.split}' has only {len(pairs.query_ids)}")
         self.queue = XBMQueue(cfg.train.queue_size, encoder.dim, device=device)
         self.epoch, self.cursor = 0, 0
+        self._perm_epoch, self._perm_cache = -1, torch.empty(0, dtype=torch.long)
         self.picker = torch.Generator().manual_seed(cfg.train.seed + 1)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_top1: float | None = None  # mean similarity of each query's hardest memory sample
 
     # -- data position --------------------------------------------------------------------
     def _perm(self) -> torch.Tensor:
-        return torch.randperm(len(self.pairs.query_ids), generator=torch.Generator().manual_seed(
-            self.cfg.train.seed * 100003 + self.epoch))
+        """This epoch's query order (a function of seed and epoch, so a resumed run gets it back)."""
+        if self._perm_epoch != self.epoch:
+            self._perm_cache = torch.randperm(len(self.pairs.query_ids), generator=torch.Generator().manual_seed(
+                self.cfg.train.seed * 100003 + self.epoch))
+            self._perm_epoch = self.epoch
+        return self._perm_cache
 
     def next_global_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(global batch,) query indices and the positive row picked for each; the same on
@@ -150,13 +155,27 @@ class PairTask(Task):
     def embed(self, texts: list[str]) -> torch.Tensor:
         return self.encoder.forward(self.encoder.tokenize(texts))  # (n, D) fp32, L2-normalised
 
+    def pair_texts(self, queries: torch.Tensor, docs: torch.Tensor) -> list[str]:
+        """Query texts then document texts (with their instructions), for one forward pass."""
+        e2e = self.cfg.e2e
+        return [e2e.query_instruction + self.pairs.query_texts[i] for i in queries.tolist()] + \
+               [e2e.doc_instruction + self.pairs.doc_texts[j] for j in docs.tolist()]
+
+    @contextlib.contextmanager
+    def eval_mode(self):
+        model = self.encoder.model
+        was_training = model.training
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+
     def loss(self, phase: Phase, step: int) -> torch.Tensor:
         e2e, b, r = self.cfg.e2e, self.local, self.rank
         idx, picks = self.next_global_batch()
         mine, my_picks = idx[r * b:(r + 1) * b], picks[r * b:(r + 1) * b]  # (b,), (b,)
-        texts = [e2e.query_instruction + self.pairs.query_texts[i] for i in mine.tolist()] + \
-                [e2e.doc_instruction + self.pairs.doc_texts[j] for j in my_picks.tolist()]
-        emb = self.embed(texts)  # (2b, D): one forward for queries and documents
+        emb = self.embed(self.pair_texts(mine, my_picks))  # (2b, D): one forward for queries and documents
         q, d = emb[:b], emb[b:]  # (b, D), (b, D)
         d_all = dist.gather(d)  # (W * b, D) every rank's positives, with gradients
         slots, sims = self.queue.topk(q.detach(), self.head_cfg.topk)  # (b, k), (b, k)
@@ -180,13 +199,8 @@ class PairTask(Task):
         idx = torch.arange(self.global_batch)
         picks = torch.tensor([self.pairs.positives[i][0] for i in idx.tolist()])
         mine, my_picks = idx[r * b:(r + 1) * b], picks[r * b:(r + 1) * b]  # (b,), (b,)
-        texts = [self.cfg.e2e.query_instruction + self.pairs.query_texts[i] for i in mine.tolist()] + \
-                [self.cfg.e2e.doc_instruction + self.pairs.doc_texts[j] for j in my_picks.tolist()]
-        model = self.encoder.model
-        was_training = model.training
-        model.eval()
-        emb = self.embed(texts)  # (2b, D)
-        model.train(was_training)
+        with self.eval_mode():
+            emb = self.embed(self.pair_texts(mine, my_picks))  # (2b, D)
         q, d_all = emb[:b], dist.gather_detached(emb[b:])  # (b, D), (W * b, D)
         none = Samples(q.new_zeros(0, q.shape[1]), torch.zeros(0, dtype=torch.long, device=q.device),
                        torch.zeros(b, 0, dtype=torch.long, device=q.device), q.new_zeros(b, 0))
@@ -223,11 +237,8 @@ class PairTask(Task):
         texts = self.pairs.doc_texts[:n_docs] + self.pairs.query_texts[:n_docs]
         share = math.ceil(len(texts) / self.world)
         texts = (texts + texts[-1:] * (share * self.world - len(texts)))[self.rank * share:(self.rank + 1) * share]
-        model = self.encoder.model
-        was_training = model.training
-        model.eval()
-        parts = [self.embed(texts[i:i + 2 * self.local]) for i in range(0, share, 2 * self.local)]
-        model.train(was_training)
+        with self.eval_mode():
+            parts = [self.embed(texts[i:i + 2 * self.local]) for i in range(0, share, 2 * self.local)]
         return dist.gather_detached(torch.cat(parts)).float()  # (W * share, D)
 
 
@@ -370,9 +381,8 @@ def check_deepspeed(ds: dict, source: str, cfg: Config, world: int, prec: str) -
 def fingerprint(cfg: Config) -> dict:
     """The settings a checkpoint must share with the run resuming it."""
     e2e = {k: v for k, v in asdict(cfg.e2e).items() if k not in ("resume", "checkpoint_every", "keep_checkpoints")}
-    train = {k: v for k, v in asdict(cfg.train).items()}
     return {"data": asdict(cfg.data), "model": asdict(cfg.model), "dims": list(cfg.run.dims),
-            "train": train, "e2e": e2e}
+            "train": asdict(cfg.train), "e2e": e2e}
 
 
 # ---------------------------------------------------------------------------------- job
@@ -394,9 +404,7 @@ class E2EJob:
 
         cfg, e2e = self.cfg, self.cfg.e2e
         prec = precision(cfg)
-        if e2e.backbone == "qlora" and not torch.cuda.is_available():
-            raise SmecError("e2e.backbone=qlora needs a CUDA GPU (bitsandbytes 4-bit layers have no CPU path); "
-                            "use e2e.backbone=lora on CPU")
+        check_backbone_mode(e2e.backbone)
         width = model_width(cfg.model.name)
         if cfg.run.dims[0] >= width:
             raise SmecError(f"run.dims: {cfg.run.dims[0]} is not below the backbone width {width}")
@@ -567,13 +575,11 @@ class E2EJob:
                    "deepspeed": bool(self.acc.state.deepspeed_plugin), "parameters": self.n_params,
                    "trainable_parameters": self.n_trainable, "dims": self.cfg.run.dims,
                    "seconds": round(time.perf_counter() - self.t0, 2), **result}
-        summary["is_main"] = dist.is_main()
         self.tracker.summary(flatten("", {k: summary[k] for k in ("parameters", "trainable_parameters", "seconds",
                                                                   "probe_loss")}))
         if dist.is_main():
             tmp = self.out / "train_log.json.tmp"
-            tmp.write_text(json.dumps({k: v for k, v in summary.items() if k != "is_main"}, indent=1),
-                           encoding="utf-8")
+            tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
             os.replace(tmp, self.out / "train_log.json")
         dist.barrier()
         return summary

@@ -64,12 +64,9 @@ class Tracker:
 
     def summary(self, metrics: dict) -> None:
         if self.run is not None:
-            for key, value in metrics.items():
-                self.run.summary[key] = value
-        elif self.writer is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, 0)
+            self.run.summary.update(metrics)
+        else:  # TensorBoard has no summary: final figures go in as step-0 scalars
+            self.log(metrics, step=0)
 
     def finish(self) -> None:
         if self.run is not None:
