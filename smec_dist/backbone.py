@@ -243,8 +243,17 @@ def model_width(model: str, cache_dir: Path | None = None) -> int:
         raise SmecError(f"model '{model}': config could not be read from {path}: {str(exc).splitlines()[0]}") from exc
 
 
+def resolve_device(device: str = "auto") -> str:
+    """``auto``: this rank's GPU (``cuda:LOCAL_RANK``) when CUDA is there, else the CPU."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    return "cpu"
+
+
 def load_encoder(model: str, pooling: str | None = None, normalize: bool = True,
-                 max_length: int = 256, append_eos: bool | None = None, device: str = "cpu",
+                 max_length: int = 256, append_eos: bool | None = None, device: str = "auto",
                  dtype: str = "float32", cache_dir: Path | None = None) -> Encoder:
     """Load a backbone as a frozen :class:`Encoder`.
 
@@ -259,6 +268,7 @@ def load_encoder(model: str, pooling: str | None = None, normalize: bool = True,
     hf_logging.disable_progress_bar()  # its per-tensor bars would bury our own progress and errors
     pooling, append_eos = resolve_pooling(model, pooling, append_eos)
     path = resolve_model(model, cache_dir)
+    device = resolve_device(device)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     try:
         tok = AutoTokenizer.from_pretrained(path)

@@ -123,3 +123,69 @@ class Checkpoints:
         dist.barrier()
         log.info("checkpoint %s (%s)", final, ", ".join(f"{k} {v}" for k, v in position.items()))
         return final
+
+
+class StopRequest:
+    """A request to stop training at the next step boundary, with a checkpoint.
+
+    Two ways to ask, both safe at any moment:
+
+    * a signal to the training processes: ``SIGUSR1`` (what ``#SBATCH --signal=USR1@120``
+      sends to the job steps) or ``SIGTERM`` (preemption, ``scancel``, torchrun stopping its
+      workers);
+    * a file: ``<run.output_dir>/STOP`` (what ``slurm/smrl.sh`` writes when the batch shell
+      gets the pre-timeout signal; ``touch`` it by hand for the same effect). Every rank sees
+      it on a shared file system; one process writing it is enough. A file older than this
+      process is a leftover of an earlier stop and is ignored, so resuming needs no clean-up.
+
+    :meth:`requested` is asked on every rank after every optimizer step, and the ranks agree
+    (any rank asked means all stop), so they stop at the same step.
+    """
+
+    SIGNALS = ("SIGUSR1", "SIGTERM")
+
+    def __init__(self, stop_file: str | Path):
+        import time
+
+        self.stop_file = Path(stop_file)
+        self.since = time.time()
+        self.signal: str | None = None
+        self._previous: dict = {}
+
+    def install(self) -> "StopRequest":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                if hasattr(signal, name):
+                    sig = getattr(signal, name)
+                    self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def uninstall(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        import signal
+
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+            log.warning("%s received: stopping after this step with a checkpoint", self.signal)
+
+    def requested(self) -> bool:
+        """Whether any rank was asked to stop (a collective: every rank calls it at the same step)."""
+        return dist.any_rank(self.signal is not None or self._file_is_new())
+
+    def _file_is_new(self) -> bool:
+        try:
+            return self.stop_file.stat().st_mtime >= self.since
+        except OSError:
+            return False
+
+    def reason(self) -> str:
+        return f"signal {self.signal}" if self.signal else f"{self.stop_file} exists"

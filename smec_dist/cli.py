@@ -6,7 +6,8 @@
     smec download NAME --data-dir DIR                     fetch a public BEIR dataset
     smec config   [--config F] [section.key=value ...]   print the resolved config
     smec train    --config F [--resume auto] [k=v ...]     end-to-end training (accelerate launch / torchrun)
-    smec evaluate --stage DIR [--config F]               metrics of a smec train stage export
+    smec eval     [--stage DIR | --head H ...] [--mteb TASK ...] [--config F] [k=v ...]
+                                                          metrics per method and dim (sharded under accelerate launch)
     smec plan     --model M --gpus N --zero Z --mode MODE [...]  per-GPU memory of a training setup
 
 Errors caused by input print one line (``smec: error: ...``) and exit with status 2.
@@ -61,9 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="end-to-end: train the backbone (full/LoRA/QLoRA) with the SMEC head")
     _config_args(t)
     t.add_argument("--resume", help="auto (newest complete checkpoint) or a checkpoint folder; sets e2e.resume")
-    ev = sub.add_parser("evaluate", help="retrieval metrics of a smec train stage export at every dim")
+    ev = sub.add_parser("eval", aliases=["evaluate"],
+                        help="retrieval metrics per method and dim (sharded under accelerate launch), MTEB")
     _config_args(ev)
-    ev.add_argument("--stage", required=True, help="a stage export, e.g. runs/x/stages/stage4")
+    ev.add_argument("--stage", help="a smec train stage export, e.g. runs/x/stages/stage4 (default: model.name)")
+    ev.add_argument("--head", action="append", default=[],
+                    help="a head written by smec run (repeatable), applied to model.name's embeddings")
+    ev.add_argument("--methods", help="comma list of methods to evaluate (default: every head, and truncate)")
+    ev.add_argument("--output", help="folder for eval.json, eval.md, embeddings/ and mteb/ "
+                                     "(default: STAGE/eval, else run.output_dir/eval)")
+    ev.add_argument("--mteb", nargs="+", metavar="TASK",
+                    help="also run MTEB on these tasks: a BEIR folder under data.data_dir (offline) or an MTEB task")
+    ev.add_argument("--mteb-dim", type=int, help="the dim MTEB evaluates at (default: full width)")
+    ev.add_argument("--mteb-method", help="the method MTEB evaluates with (default: the first head)")
     c = sub.add_parser("compress", help="compress saved embeddings with a trained head")
     c.add_argument("--head", required=True, help="a head .safetensors written by smec run")
     c.add_argument("--input", required=True, help=".npy of full-width embeddings (n, D)")
@@ -100,6 +111,33 @@ def _compress(args) -> None:
     print(f"{out}: {y.shape[0]} x {y.shape[1]}")
 
 
+def _eval(args, cfg) -> None:
+    from . import dist
+    from .evaluate import SmecModel, evaluate_model, table
+
+    if args.stage and args.head:
+        raise SmecError("--stage and --head exclude each other: a stage export carries its own head")
+    if args.stage:
+        model = SmecModel.from_stage(args.stage, device=cfg.model.device, dtype=cfg.model.dtype)
+        out = Path(args.output or Path(args.stage) / "eval")
+    else:
+        e2e = cfg.e2e
+        model = SmecModel.from_model(cfg.model.name, args.head, pooling=cfg.model.pooling,
+                                     max_length=cfg.model.max_length, device=cfg.model.device, dtype=cfg.model.dtype,
+                                     query_instruction=e2e.query_instruction, doc_instruction=e2e.doc_instruction)
+        out = Path(args.output or Path(cfg.run.output_dir) / "eval")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    model.default_method = args.mteb_method or model.default_method
+    model.check(model.default_method, args.mteb_dim)
+    model.batch_size, model.progress = cfg.model.batch_size, cfg.run.progress and dist.is_main()
+    result = evaluate_model(model, cfg, out, methods=methods, mteb_tasks=args.mteb, mteb_dim=args.mteb_dim)
+    if dist.is_main():
+        print(table(result), end="")
+        for task, scores in (result.get("mteb") or {}).items():
+            print(f"MTEB {task}: nDCG@10 {scores['ndcg_at_10']:.4f}")
+        print(f"results: {out / 'eval.json'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -108,10 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        if args.command in ("run", "encode", "config", "train", "evaluate"):
+        if args.command == "evaluate":
+            args.command = "eval"
+        if args.command in ("run", "encode", "config", "train", "eval"):
             from .config import load_config
 
             overrides = list(args.overrides)
+            if getattr(args, "mteb", None):  # `--mteb TASK... k=v`: the overrides after the task names
+                overrides += [t for t in args.mteb if "=" in t]
+                args.mteb = [t for t in args.mteb if "=" not in t]
             if getattr(args, "resume", None):
                 overrides.append(f"e2e.resume={args.resume}")
             cfg = load_config(args.config, overrides)
@@ -119,12 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 import yaml
 
                 print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-            elif args.command == "evaluate":
-                from .e2e import evaluate_export
-
-                out = evaluate_export(args.stage, cfg)
-                print(f"{out['dataset']} {out['split']}: " + ", ".join(
-                    f"{dim} dims nDCG@10 {m['nDCG@10']:.4f}" for dim, m in out["metrics"].items()))
+            elif args.command == "eval":
+                _eval(args, cfg)
             elif args.command == "train":
                 from .e2e import train_e2e
 
@@ -133,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 summary = train_e2e(cfg)
                 if dist.is_main():
                     print(json.dumps({k: summary[k] for k in ("model", "backbone", "world_size", "deepspeed",
-                                                              "trainable_parameters", "seconds")}))
+                                                              "trainable_parameters", "seconds", "stopped")
+                                      if k in summary}))
             elif args.command == "encode":
                 from .pipeline import encode
 

@@ -56,7 +56,7 @@ class ModelConfig:
     max_length: int = 256
     batch_size: int = 64
     dtype: str = "float32"
-    device: str = "cpu"
+    device: str = "auto"  # auto: this rank's GPU when CUDA is there, else cpu; or cpu, cuda:0, ...
 
     def __post_init__(self):
         if self.pooling is not None:

@@ -132,10 +132,27 @@ def average_grads(params: Iterable[torch.nn.Parameter]) -> None:
         offset += n
 
 
+def _scalar(value: float, dtype=torch.float64) -> torch.Tensor:
+    """A one-element tensor on the device the process group's backend reduces on (NCCL: GPU)."""
+    device = "cpu"
+    if torch.distributed.get_backend() == "nccl":
+        device = f"cuda:{torch.cuda.current_device()}"
+    return torch.tensor([value], dtype=dtype, device=device)
+
+
 def mean_over_ranks(value: float) -> float:
     """The mean of a per-rank number (a loss to log) over ranks."""
     if not _active():
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64)
+    t = _scalar(float(value))
     torch.distributed.all_reduce(t)
     return float(t.item()) / world_size()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank (all ranks must call it together)."""
+    if not _active():
+        return bool(flag)
+    t = _scalar(1.0 if flag else 0.0, dtype=torch.float32)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from . import dist
 from .backbone import Encoder, check_backbone_mode, load_trainable, model_width
-from .checkpoint import Checkpoints
+from .checkpoint import Checkpoints, StopRequest
 from .config import Config, dump_config
 from .data import load_beir
 from .data.download import ensure_dataset
@@ -421,6 +421,8 @@ class E2EJob:
             self.ds_config = check_deepspeed(raw, ds_path, cfg, world, prec)
             plugin = DeepSpeedPlugin(hf_ds_config=self.ds_config)
         self.ckpts = Checkpoints(self.out / "checkpoints", fingerprint(cfg), e2e.keep_checkpoints)
+        self.stop = StopRequest(self.out / "STOP")
+        self._saved_step = -1
         self.resume_from = self.ckpts.resolve(e2e.resume)
         self.ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
         self.pairs = load_pairs(self.ds, e2e.split)
@@ -485,7 +487,8 @@ class E2EJob:
         self.engine = AccelerateEngine(self.acc, model, opt, sched, e2e.max_grad_norm)
         self.trainer = Trainer(self.head, phases, self.task, self.head_cfg, engine=self.engine,
                                progress=cfg.run.progress and dist.is_main(), log_fn=self._log,
-                               on_step_end=self._on_step_end, on_phase_end=self._on_phase_end)
+                               on_step_end=self._on_step_end, on_phase_end=self._on_phase_end,
+                               should_stop=self.stop.requested)
         self.state = RunState(self.trainer, self.engine)
         self.acc.register_for_checkpointing(self.state)
         if self.resume_from is not None:
@@ -526,7 +529,7 @@ class E2EJob:
     def _on_step_end(self, trainer: Trainer) -> None:
         every = self.cfg.e2e.checkpoint_every
         if every and trainer.step % every == 0 and trainer.step < trainer.task.steps:
-            self.ckpts.save(self.acc, self._global_step(trainer), self._position(trainer))
+            self._checkpoint(trainer)
 
     def _on_phase_end(self, trainer: Trainer, index: int) -> None:
         self.task.end_phase(trainer.phases[index], index)
@@ -535,7 +538,14 @@ class E2EJob:
                           f"stage{index + 1}/probe_loss_end": probe["end"],
                           f"stage{index + 1}/seconds": stats["seconds"]}, step=self._global_step(trainer))
         self.export(index)
-        self.ckpts.save(self.acc, self._global_step(trainer), self._position(trainer))
+        self._checkpoint(trainer)
+
+    def _checkpoint(self, trainer: Trainer) -> Path | None:
+        step = self._global_step(trainer)
+        if step == self._saved_step:  # e.g. a stop request right after a periodic save
+            return None
+        self._saved_step = step
+        return self.ckpts.save(self.acc, step, self._position(trainer))
 
     # -- exports --------------------------------------------------------------------------
     def export(self, index: int) -> Path:
@@ -567,8 +577,19 @@ class E2EJob:
 
     # -- run / save -----------------------------------------------------------------------
     def run(self) -> dict:
-        stats = self.trainer.fit()
-        return {"stages": stats, "probe_loss": self.task.probes, "losses": self.trainer.losses}
+        self.stop.install()  # SIGUSR1 / SIGTERM: stop after the current step, with a checkpoint
+        try:
+            stats = self.trainer.fit()
+        finally:
+            self.stop.uninstall()
+        result = {"stages": stats, "probe_loss": self.task.probes, "losses": self.trainer.losses}
+        if self.trainer.stopped:
+            self._checkpoint(self.trainer)
+            pos = self._position(self.trainer)
+            log.warning("stopped (%s) at stage %d step %d of %d with a checkpoint; continue with --resume auto",
+                        self.stop.reason(), pos["stage"], pos["step_in_stage"], self.cfg.e2e.steps_per_stage)
+            result["stopped"] = pos
+        return result
 
     def save(self, result: dict) -> dict:
         summary = {"model": self.cfg.model.name, "backbone": self.cfg.e2e.backbone, "world_size": dist.world_size(),
@@ -577,7 +598,7 @@ class E2EJob:
                    "seconds": round(time.perf_counter() - self.t0, 2), **result}
         self.tracker.summary(flatten("", {k: summary[k] for k in ("parameters", "trainable_parameters", "seconds",
                                                                   "probe_loss")}))
-        if dist.is_main():
+        if dist.is_main() and "stopped" not in summary:  # train_log.json: a finished run's
             tmp = self.out / "train_log.json.tmp"
             tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
             os.replace(tmp, self.out / "train_log.json")
@@ -587,6 +608,7 @@ class E2EJob:
     def cleanup(self) -> None:
         if hasattr(self, "tracker"):
             self.tracker.finish()
+
         self.acc.end_training()
 
 
@@ -598,65 +620,3 @@ def train_e2e(cfg: Config) -> dict:
         return job.save(job.run())
     finally:
         job.cleanup()
-
-
-# ------------------------------------------------------------------------------ evaluate
-
-
-def load_export(stage_dir: str | Path):
-    """A stage export as (Encoder, head, metadata), with transformers and peft only."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from .backbone import resolve_model
-    from .head import load_head
-
-    stage = Path(stage_dir)
-    meta_path = stage / "smec.json"
-    if not meta_path.is_file():
-        raise SmecError(f"{stage}: not a stage export (no smec.json)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    backbone = stage / "backbone"
-    if (backbone / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(AutoModel.from_pretrained(resolve_model(meta["base_model"])),
-                                          backbone).merge_and_unload()
-    elif (backbone / "config.json").is_file():
-        model = AutoModel.from_pretrained(backbone)
-    else:  # a frozen backbone is not exported: the base model is the one trained with
-        model = AutoModel.from_pretrained(resolve_model(meta["base_model"]))
-    tok = AutoTokenizer.from_pretrained(backbone)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model.eval()
-    enc = Encoder(model, tok, pooling=meta["pooling"], normalize=True, max_length=meta["max_length"],
-                  append_eos=meta["append_eos"])
-    return enc, load_head(stage / "head.safetensors"), meta
-
-
-def evaluate_export(stage_dir: str | Path, cfg: Config) -> dict:
-    """nDCG@10 and the other BEIR metrics of a stage export on ``data.eval_split``, at full
-    width and every trained dim (exact inner-product search). Writes ``eval.json`` beside it."""
-    from .evaluation import evaluate_run, search_run
-
-    enc, head, meta = load_export(stage_dir)
-    ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
-    if cfg.data.eval_split not in ds.qrels:
-        raise SmecError(f"data.eval_split: '{cfg.data.eval_split}' is not a split of {ds.root}")
-    qrels = {q: d for q, d in ds.qrels[cfg.data.eval_split].items() if q in ds.queries}
-    qids = sorted(qrels)
-    docs = enc.encode([meta["doc_instruction"] + t for t in ds.doc_texts()], batch_size=cfg.model.batch_size,
-                      progress=cfg.run.progress, desc="encode corpus")
-    queries = enc.encode([meta["query_instruction"] + ds.queries[q] for q in qids], batch_size=cfg.model.batch_size,
-                         progress=cfg.run.progress, desc="encode queries")
-    results = {}
-    with torch.no_grad():
-        for dim in [meta["full_dim"], *meta["dims"]]:
-            d = head.compress(torch.from_numpy(docs), dim).numpy()
-            q = head.compress(torch.from_numpy(queries), dim).numpy()
-            results[str(dim)] = evaluate_run(qrels, search_run(d, ds.doc_ids(), q, qids, k=cfg.run.search_k))
-    out = {"stage": str(stage_dir), "dataset": ds.name, "split": cfg.data.eval_split, "metrics": results}
-    tmp = Path(stage_dir) / "eval.json.tmp"
-    tmp.write_text(json.dumps(out, indent=1), encoding="utf-8")
-    os.replace(tmp, Path(stage_dir) / "eval.json")
-    return out

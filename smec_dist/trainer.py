@@ -338,16 +338,20 @@ class Trainer:
         engine: backward/step of the backbone side (default: none).
         on_step_end: called after every optimizer step with the trainer (checkpointing).
         on_phase_end: called after a phase ends (stage export), with its index.
+        should_stop: asked after every step (but a phase's last); true ends ``fit`` early,
+            with ``stopped`` set and the position (phase, step) ready to checkpoint.
     """
 
     def __init__(self, head, phases: list[Phase], task: Task, cfg: TrainConfig, engine=None,
                  progress: bool = True, log_fn: Callable[[dict], None] | None = None,
                  on_step_end: Callable[["Trainer"], None] | None = None,
-                 on_phase_end: Callable[["Trainer", int], None] | None = None):
+                 on_phase_end: Callable[["Trainer", int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
         self.head, self.phases, self.task, self.cfg = head, phases, task, cfg
         self.engine = engine or LocalEngine()
         self.progress, self.log_fn = progress, log_fn
-        self.on_step_end, self.on_phase_end = on_step_end, on_phase_end
+        self.on_step_end, self.on_phase_end, self.should_stop = on_step_end, on_phase_end, should_stop
+        self.stopped = False
         self.phase_index, self.step = 0, 0
         self.opt = self.sched = None
         self.stats: dict = {}
@@ -391,6 +395,8 @@ class Trainer:
                 self.sched.load_state_dict(self._resume["sched"])
             self._resume = None
             self._run_phase(phase, steps)
+            if self.stopped:
+                return self.stats
             phase.on_end()
             self.phase_index, self.step = index + 1, 0
             self.opt = self.sched = None
@@ -435,7 +441,13 @@ class Trainer:
                                       "seconds": round(time.perf_counter() - t0, 2)}
             if self.on_step_end:
                 self.on_step_end(self)
+            if self.should_stop is not None and self.step < steps and self.should_stop():
+                self.stopped = True
+                break
         bar.close()
+        if self.stopped:
+            log.info("%s: stopped on request after step %d of %d", phase.name, self.step, steps)
+            return
         log.info("%s: %d steps, loss %.4f, %.1fs", phase.name, steps, ema, self.stats[phase.name]["seconds"])
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from smec_dist.checkpoint import MARKER, Checkpoints, config_difference
+from smec_dist.checkpoint import MARKER, Checkpoints, StopRequest, config_difference
 from smec_dist.cli import main
 from smec_dist.errors import SmecError
 from tests.mini_beir import mini_data_dir
@@ -149,6 +150,52 @@ def test_one_process_run_writes_log_checkpoints_and_stage_exports(trained):
         assert meta["dims"] == [32, 16][:s] and meta["pooling"] == "last" and meta["append_eos"]
 
 
+def test_stop_request_mid_stage_checkpoints_and_resume_finishes_the_same(trained, data_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    from smec_dist.e2e import E2EJob
+
+    original = E2EJob._on_step_end
+
+    def signal_at_stage2_step1(self, trainer):
+        original(self, trainer)
+        if trainer.phase_index == 1 and trainer.step == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)  # as Slurm's --signal=USR1@... would
+
+    monkeypatch.setattr(E2EJob, "_on_step_end", signal_at_stage2_step1)
+    out = tmp_path / "out"
+    run = args(data_dir, out, "e2e.backbone=lora", "e2e.backbone_lr=5e-3")
+    assert main(run) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stopped"] == {"stage": 2, "step_in_stage": 1}
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler is gone with the run
+    marker = json.loads((out / "checkpoints" / "step-00000004" / MARKER).read_text())
+    assert (marker["stage"], marker["step_in_stage"]) == (2, 1)
+    assert not (out / "train_log.json").exists() and not (out / "stages" / "stage2").exists()
+
+    monkeypatch.setattr(E2EJob, "_on_step_end", original)
+    assert main([*run, "e2e.resume=auto"]) == 0
+    resumed = json.loads((out / "train_log.json").read_text())
+    assert resumed["losses"] == json.loads((trained / "train_log.json").read_text())["losses"]
+
+
+def test_stop_request_file_and_signals(tmp_path):
+    stop = StopRequest(tmp_path / "STOP")
+    (tmp_path / "STOP").touch()
+    old = stop.since - 10
+    os.utime(tmp_path / "STOP", (old, old))
+    assert not stop.requested()  # a leftover of an earlier stop: resuming needs no clean-up
+    os.utime(tmp_path / "STOP")
+    assert stop.requested() and "STOP exists" in stop.reason()
+
+    stop = StopRequest(tmp_path / "none").install()
+    try:
+        assert not stop.requested()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested() and stop.reason() == "signal SIGTERM"
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_resume_folder_from_another_config_is_refused(trained, data_dir, capsys):
     err = _error(capsys, args(data_dir, trained, "run.dims=[48,24]", "--resume", "auto"))
     assert "checkpoint of another config" in err and "dims" in err
@@ -183,12 +230,25 @@ def test_stage_export_loads_without_deepspeed(trained):
 
 def test_evaluate_a_stage_export(trained, data_dir, capsys):
     stage = trained / "stages" / "stage2"
+    assert main(["eval", "--stage", str(stage), f"data.data_dir={data_dir}", "data.dataset=mini",
+                 "run.progress=false"]) == 0
+    out = capsys.readouterr().out
+    assert "| method | 64 | 32 | 16 |" in out and "| smec |" in out and "| truncate |" in out
+    result = json.loads((stage / "eval" / "eval.json").read_text())
+    assert result["world_size"] == 1 and result["split"] == "test"
+    metrics = result["metrics"]
+    assert set(metrics) == {"full", "smec", "truncate"}
+    assert set(metrics["full"]) == {"64"} and set(metrics["smec"]) == set(metrics["truncate"]) == {"32", "16"}
+    assert all(0.0 <= m["nDCG@10"] <= 1.0 for per in metrics.values() for m in per.values())
+    # the SMEC head is not truncation: its rows differ
+    assert metrics["smec"]["16"] != metrics["truncate"]["16"]
+    # a second evaluation reuses the embeddings (same export: no shard rewritten), same figures
+    shards = sorted((stage / "eval" / "embeddings").rglob("*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in shards]
     assert main(["evaluate", "--stage", str(stage), f"data.data_dir={data_dir}", "data.dataset=mini",
                  "run.progress=false"]) == 0
-    assert "mini test: 64 dims nDCG@10" in capsys.readouterr().out
-    metrics = json.loads((stage / "eval.json").read_text())["metrics"]
-    assert set(metrics) == {"64", "32", "16"}
-    assert all(0.0 <= m["nDCG@10"] <= 1.0 for m in metrics.values())
+    assert [p.stat().st_mtime_ns for p in shards] == stamps
+    assert json.loads((stage / "eval" / "eval.json").read_text())["metrics"] == metrics
 
 
 def test_evaluate_something_that_is_not_an_export(tmp_path, capsys):
@@ -235,6 +295,24 @@ def test_wandb_offline_run_holds_per_stage_metrics(data_dir, tmp_path):
     ends = [r["stage2/probe_loss_end"] for r in history if "stage2/probe_loss_end" in r]
     assert ends == [pytest.approx(log["probe_loss"]["2"]["end"])]
     assert summary["trainable_parameters"] == log["trainable_parameters"]
+
+
+def test_tensorboard_run_holds_per_stage_metrics(data_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    assert main(args(data_dir, out, "track.backend=tensorboard")) == 0
+    assert not (out / "wandb").exists()
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for s in (1, 2):
+        assert {f"stage{s}/loss", f"stage{s}/probe_loss_start", f"stage{s}/probe_loss_end"} <= tags
+    assert {"train/loss", "lr/head", "lr/backbone", "queue/fill", "trainable_parameters"} <= tags
+    log = json.loads((out / "train_log.json").read_text())
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(log["losses"], rel=1e-6)
+    assert events.Scalars("stage2/probe_loss_end")[0].value == pytest.approx(log["probe_loss"]["2"]["end"], rel=1e-6)
 
 
 def test_tracking_switched_off_writes_nothing(data_dir, tmp_path):

@@ -278,9 +278,12 @@ def test_slurm_script_states_its_sbatch_command_and_resumes(path: Path):
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#") or "#SBATCH" in line)
     end_to_end = "launch/train.py" in code or "smec train" in code
     adapter_mode = "launch/encode.py" in code or "launch/run.py" in code
-    assert end_to_end or adapter_mode, f"{rel(path)}: runs neither smec train nor adapter mode"
+    evaluation = "launch/eval.py" in code
+    assert end_to_end or adapter_mode or evaluation, f"{rel(path)}: runs neither smec train, adapter mode nor eval"
     if end_to_end:
         assert "--resume auto" in code, f"{rel(path)}: a requeued job must continue (--resume auto)"
-        assert "#SBATCH --requeue" in code, f"{rel(path)}: not requeueable"
-        assert re.search(r"#SBATCH --signal=B:USR1@\d+", code), f"{rel(path)}: no warning signal before the limit"
-        assert re.search(r"trap \S+ USR1", code) and "scontrol requeue" in code, f"{rel(path)}: no requeue trap"
+    # every script is requeueable: warned before the limit, it requeues itself and the rerun resumes
+    assert "#SBATCH --requeue" in code, f"{rel(path)}: not requeueable"
+    assert re.search(r"#SBATCH --signal=B:USR1@\d+", code), f"{rel(path)}: no warning signal before the limit"
+    assert re.search(r"trap \S+ USR1", code), f"{rel(path)}: no USR1 trap"
+    assert "source slurm/lib/cluster.sh" in code, f"{rel(path)}: the launch geometry comes from slurm/lib/cluster.sh"

@@ -1,0 +1,286 @@
+"""``smec eval``: retrieval metrics of a trained SMEC model, per method and dim, sharded over ranks.
+
+A :class:`SmecModel` is a backbone encoder plus zero or more heads: a ``smec train`` stage
+export (its SMEC head), or a base model with the heads ``smec run`` wrote. Evaluation:
+
+1. the corpus and the queries are encoded at full width, sharded over every rank of
+   ``accelerate launch`` (each rank writes its own shards of an embedding cache beside the
+   results; a killed or requeued evaluation encodes only the missing shards),
+2. rank 0 compresses them with every method at every dim and searches them exactly with
+   FAISS (a GPU index when faiss has a GPU, the CPU otherwise),
+3. ``eval.json`` (metrics), ``eval.md`` (a table) are written; ``--mteb`` adds MTEB's own
+   result files under ``mteb/``.
+
+Shards hold the same texts in the same batches whatever the number of ranks, so one process
+and N processes give the same embeddings and the same metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import dist
+from .backbone import Encoder, load_encoder, resolve_device, resolve_model
+from .cache import build_cache, load_cache
+from .config import Config
+from .data import load_beir
+from .data.download import ensure_dataset
+from .errors import SmecError
+from .head import load_head
+
+log = logging.getLogger(__name__)
+
+FULL = "full"          # the uncompressed embedding (one row, at full width)
+TRUNCATE = "truncate"  # first d dims, renormalised: the baseline any model has
+
+
+class SmecModel:
+    """A backbone encoder and the heads that compress its embeddings.
+
+    ``encode(texts, kind, dim, method)`` is the one call users and the MTEB wrapper need:
+    ``kind`` is ``"query"`` or ``"doc"`` (each has its instruction prefix), ``dim=None`` is
+    full width.
+    """
+
+    def __init__(self, encoder: Encoder, name: str, heads: dict[str, torch.nn.Module] | None = None,
+                 query_instruction: str = "", doc_instruction: str = "", identity: str = ""):
+        self.encoder, self.name = encoder, name
+        self.heads = dict(heads or {})
+        self.instruction = {"query": query_instruction, "doc": doc_instruction}
+        self.identity = identity or name  # what an embedding cache of this model is keyed on
+        self.default_method = next(iter(self.heads), TRUNCATE)  # what encode(..., method=None) uses
+        self.revision = hashlib.sha256(self.identity.encode()).hexdigest()[:12]  # MTEB's results folder
+        self.batch_size, self.progress = 64, False  # encode()'s defaults (MTEB calls it without them)
+        for method, head in self.heads.items():
+            if head.full_dim != encoder.dim:
+                raise SmecError(f"head '{method}' takes {head.full_dim}-dim input but the model "
+                                f"{name} gives {encoder.dim}")
+
+    @property
+    def full_dim(self) -> int:
+        return self.encoder.dim
+
+    @property
+    def methods(self) -> list[str]:
+        return [*self.heads, TRUNCATE]
+
+    def dims(self, method: str) -> list[int]:
+        if method == TRUNCATE:
+            dims = sorted({d for h in self.heads.values() for d in h.dims}, reverse=True)
+            return dims or [d for d in (self.full_dim // 2, self.full_dim // 4, self.full_dim // 8) if d > 0]
+        if method not in self.heads:
+            raise SmecError(f"unknown method '{method}' (this model has {', '.join(self.methods)})")
+        return list(self.heads[method].dims)
+
+    # -- loading ---------------------------------------------------------------------------
+    @classmethod
+    def from_stage(cls, stage_dir: str | Path, device: str = "auto", dtype: str = "float32") -> "SmecModel":
+        """A ``smec train`` stage export, with transformers and peft only (no DeepSpeed)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        stage = Path(stage_dir)
+        meta_path = stage / "smec.json"
+        if not meta_path.is_file():
+            raise SmecError(f"{stage}: not a stage export (no smec.json)")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise SmecError(f"{meta_path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+        backbone = stage / "backbone"
+        torch_dtype = getattr(torch, dtype)
+        if (backbone / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            base = AutoModel.from_pretrained(resolve_model(meta["base_model"]), dtype=torch_dtype)
+            model = PeftModel.from_pretrained(base, backbone).merge_and_unload()
+        elif (backbone / "config.json").is_file():
+            model = AutoModel.from_pretrained(backbone, dtype=torch_dtype)
+        else:  # a frozen backbone is not exported: the base model is the one trained with
+            model = AutoModel.from_pretrained(resolve_model(meta["base_model"]), dtype=torch_dtype)
+        tok = AutoTokenizer.from_pretrained(backbone)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        device = resolve_device(device)
+        model.to(device).eval()
+        enc = Encoder(model, tok, pooling=meta["pooling"], normalize=True, max_length=meta["max_length"],
+                      append_eos=meta["append_eos"], device=device)
+        return cls(enc, f"{stage.resolve().parent.parent.name}-{stage.name}", {"smec": load_head(stage / "head.safetensors")},
+                   meta["query_instruction"], meta["doc_instruction"], identity=f"{_files_identity(stage)}|{dtype}")
+
+    @classmethod
+    def from_model(cls, name: str, heads: list[str | Path] = (), *, pooling: str | None = None,
+                   max_length: int = 256, device: str = "auto", dtype: str = "float32",
+                   query_instruction: str = "", doc_instruction: str = "") -> "SmecModel":
+        """A base model (alias, folder or hub id) with heads written by ``smec run``."""
+        enc = load_encoder(name, pooling=pooling, max_length=max_length, device=device, dtype=dtype)
+        loaded: dict[str, torch.nn.Module] = {}
+        for path in map(Path, heads):
+            method = path.stem
+            if method in (FULL, TRUNCATE) or method in loaded:  # e.g. two settings' smec.safetensors
+                method = f"{path.parent.name}-{path.stem}"
+            loaded[method] = load_head(path)
+        identity = f"{name}|{enc.pooling}|{enc.max_length}|{dtype}|{query_instruction}|{doc_instruction}"
+        return cls(enc, name, loaded, query_instruction, doc_instruction, identity=identity)
+
+    # -- encoding --------------------------------------------------------------------------
+    def texts(self, texts: list[str], kind: str) -> list[str]:
+        if kind not in self.instruction:
+            raise SmecError(f"kind must be 'query' or 'doc', got {kind!r}")
+        prefix = self.instruction[kind]
+        return [prefix + t for t in texts] if prefix else list(texts)
+
+    def compress(self, x: np.ndarray, method: str, dim: int | None) -> np.ndarray:
+        """Full-width embeddings (n, D) -> (n, dim), L2-normalised."""
+        if dim is None or dim == self.full_dim or method == FULL:
+            return x
+        if not 0 < dim < self.full_dim:
+            raise SmecError(f"dim {dim} is outside 1..{self.full_dim}")
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        with torch.no_grad():
+            if method == TRUNCATE:
+                out = F.normalize(t[:, :dim], dim=-1)
+            elif method in self.heads:
+                out = self.heads[method].compress(t, dim)
+            else:
+                raise SmecError(f"unknown method '{method}' (this model has {', '.join(self.methods)})")
+        return out.numpy()
+
+    def encode(self, texts: list[str], kind: str = "doc", dim: int | None = None, method: str | None = None,
+               batch_size: int | None = None, progress: bool | None = None) -> np.ndarray:
+        """Texts -> (n, dim) float32, L2-normalised; ``method`` defaults to the first head."""
+        full = self.encoder.encode(self.texts(list(texts), kind), batch_size=batch_size or self.batch_size,
+                                   progress=self.progress if progress is None else progress, desc=f"encode {kind}s")
+        return self.compress(full, method or self.default_method, dim)
+
+    def check(self, method: str, dim: int | None) -> None:
+        """Fail before any encoding if ``method`` cannot give ``dim`` dims."""
+        if method not in self.methods:
+            raise SmecError(f"unknown method '{method}' (this model has {', '.join(self.methods)})")
+        if dim is None or dim == self.full_dim:
+            return
+        if method == TRUNCATE:
+            if not 0 < dim < self.full_dim:
+                raise SmecError(f"dim {dim} is outside 1..{self.full_dim}")
+        elif dim not in self.dims(method):
+            raise SmecError(f"dim {dim} is not one of method '{method}''s dims {self.dims(method)} "
+                            f"(or the full width {self.full_dim})")
+
+
+def _files_identity(folder: Path) -> str:
+    """Name + size + mtime of every file of an export: a re-export gets new embeddings."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.parent.name != "eval" and "eval" not in p.relative_to(folder).parts:
+            st = p.stat()
+            h.update(f"{p.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return f"{folder.resolve()}@{h.hexdigest()[:16]}"
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def evaluate_model(model: SmecModel, cfg: Config, out_dir: str | Path, methods: list[str] | None = None,
+                   mteb_tasks: list[str] | None = None, mteb_dim: int | None = None) -> dict:
+    """Metrics of ``model`` on ``data.dataset`` / ``data.eval_split`` for every method and dim.
+
+    Runs on one process or on every rank of ``accelerate launch`` (encoding sharded, search
+    and metrics on rank 0, the result returned on every rank). Writes ``eval.json`` and
+    ``eval.md`` into ``out_dir`` and keeps the embeddings under ``out_dir/embeddings``.
+    """
+    from .evaluation import evaluate_run, search_run
+
+    out = Path(out_dir)
+    ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
+    split = cfg.data.eval_split
+    if split not in ds.qrels:
+        raise SmecError(f"data.eval_split: '{split}' is not a split of {ds.root} "
+                        f"(it has {', '.join(sorted(ds.qrels)) or 'no qrels'})")
+    methods = methods or model.methods
+    for m in methods:
+        model.check(m, None)  # unknown methods and tasks fail before any encoding
+    if mteb_tasks:
+        from .evaluation.mteb_eval import check_tasks
+
+        check_tasks(mteb_tasks, cfg.data.data_dir, split)
+    qrels = {q: d for q, d in ds.qrels[split].items() if q in ds.queries}
+    qids = sorted(qrels)
+    doc_ids = ds.doc_ids()
+    parts = {"corpus": (doc_ids, model.texts(ds.doc_texts(), "doc")),
+             "queries": (qids, model.texts([ds.queries[q] for q in qids], "query"))}
+    rank, world = dist.rank(), dist.world_size()
+    log.info("evaluating %s on %s %s (%d queries, %d documents), rank %d/%d", model.name, ds.name, split,
+             len(qids), len(doc_ids), rank, world)
+    emb_dir = out / "embeddings"
+    build_cache(emb_dir, model.encoder, model.identity, parts, dataset_path=str(ds.root), dtype="float32",
+                shard_size=cfg.cache.shard_size, batch_size=cfg.model.batch_size, rank=rank, world_size=world,
+                barrier=dist.barrier, progress=cfg.run.progress and dist.is_main())
+    result = None
+    if dist.is_main():
+        cache = load_cache(emb_dir)
+        docs, queries = cache.embeddings("corpus"), cache.embeddings("queries")
+        metrics: dict[str, dict[str, dict]] = {
+            FULL: {str(model.full_dim): evaluate_run(qrels, search_run(docs, doc_ids, queries, qids,
+                                                                        k=cfg.run.search_k))}}
+        for m in methods:
+            metrics[m] = {}
+            for dim in model.dims(m):
+                run = search_run(model.compress(docs, m, dim), doc_ids, model.compress(queries, m, dim), qids,
+                                 k=cfg.run.search_k)
+                metrics[m][str(dim)] = evaluate_run(qrels, run)
+        result = {"model": model.name, "dataset": ds.name, "split": split, "queries": len(qids),
+                  "documents": len(doc_ids), "world_size": world, "full_dim": model.full_dim, "metrics": metrics}
+        _write_json(out / "eval.json", result)
+        _write_text(out / "eval.md", table(result))
+        log.info("wrote %s", out / "eval.json")
+    result = dist.broadcast_object(result)
+    if mteb_tasks:
+        result["mteb"] = run_mteb_tasks(model, mteb_tasks, cfg, out / "mteb", mteb_dim)
+        if dist.is_main():
+            _write_json(out / "eval.json", result)
+    dist.barrier()
+    return result
+
+
+def run_mteb_tasks(model: SmecModel, tasks: list[str], cfg: Config, out_dir: Path, dim: int | None) -> dict:
+    """MTEB's evaluation of ``model`` at ``dim`` (rank 0 only: MTEB runs in one process)."""
+    scores = None
+    if dist.is_main():
+        from .evaluation.mteb_eval import run_mteb
+
+        scores = run_mteb(model, tasks, cfg.data.data_dir, out_dir, dim=dim, split=cfg.data.eval_split,
+                          batch_size=cfg.model.batch_size)
+        for per in scores.values():  # some MTEB scores are NaN (nAUC on small sets): not in strict JSON
+            per["metrics"] = {k: v for k, v in per["metrics"].items() if v == v}
+    return dist.broadcast_object(scores)
+
+
+def table(result: dict, metric: str = "nDCG@10") -> str:
+    """A markdown table: one row per method, one column per dim."""
+    dims = sorted({int(d) for per in result["metrics"].values() for d in per}, reverse=True)
+    lines = [f"# {result['model']} on {result['dataset']} {result['split']} ({metric}; "
+             f"{result['queries']} queries, {result['documents']} documents)", "",
+             "| method | " + " | ".join(str(d) for d in dims) + " |",
+             "|---|" + "---:|" * len(dims)]
+    for method, per in result["metrics"].items():
+        cells = [f"{per[str(d)][metric]:.4f}" if str(d) in per else "" for d in dims]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_json(path: Path, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=1))
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
