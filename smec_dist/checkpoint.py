@@ -7,10 +7,16 @@ head, head optimizer, S-XBM queue, data position). It is written under
 ``complete.json`` (the config fingerprint and the position) and rename the folder to its
 final name. A kill at any moment therefore leaves either a complete checkpoint or a
 ``.partial`` folder, which resume never takes (and the next save clears).
+
+``complete.json`` also lists every file of the checkpoint with its size and sha256 (hashed by
+all ranks, each a share of the files). ``--resume auto`` verifies the newest checkpoint and,
+when a file is missing, truncated or altered, warns and falls back to the previous complete
+one; older checkpoints are pruned only after a newer one was written and hashed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -66,6 +72,34 @@ class Checkpoints:
                     found.append((int(m.group(1)), p))
         return sorted(found)
 
+    def _hash_files(self, folder: Path) -> dict:
+        """``{relative path: {"size", "sha256"}}`` of every file under ``folder``, hashed by
+        all ranks together (rank r takes every world-th file); the same result on every rank."""
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
+        mine = {rel: {"size": (folder / rel).stat().st_size, "sha256": _sha256(folder / rel)}
+                for rel in files[dist.rank()::dist.world_size()]}
+        out: dict = {}
+        for part in dist.all_gather_object(mine):
+            out.update(part)
+        return dict(sorted(out.items()))
+
+    def damage(self, folder: Path, info: dict) -> str | None:
+        """What is wrong with the files of a complete checkpoint (``None``: all intact)."""
+        listed = info.get("files")
+        if listed is None:  # written before checksums existed: nothing to compare
+            return None
+        for rel, want in listed.items():
+            path = folder / rel
+            if not path.is_file():
+                return f"{path}: missing"
+            if path.stat().st_size != want["size"]:
+                return f"{path}: {path.stat().st_size} bytes, {want['size']} expected (truncated?)"
+        found = self._hash_files(folder)
+        for rel, want in listed.items():
+            if found.get(rel, {}).get("sha256") != want["sha256"]:
+                return f"{folder / rel}: sha256 differs from {MARKER} (altered or corrupt)"
+        return None
+
     def check(self, folder: Path) -> dict:
         """The marker of a complete checkpoint written by this config, else a SmecError."""
         marker = folder / MARKER
@@ -92,12 +126,19 @@ class Checkpoints:
             if not found:
                 log.info("resume=auto: no complete checkpoint under %s, starting fresh", self.root)
                 return None
-            folder = found[-1][1]
-        else:
-            folder = Path(resume)
-            if not folder.is_dir():
-                raise SmecError(f"e2e.resume: {folder} is not a folder")
-        self.check(folder)
+            for _, folder in reversed(found):
+                problem = self.damage(folder, self.check(folder))
+                if problem is None:
+                    return folder
+                log.warning("checkpoint %s is damaged (%s): falling back to the previous one", folder, problem)
+            raise SmecError(f"{self.root}: every complete checkpoint is damaged (newest: {found[-1][1]}); "
+                            f"start over with e2e.resume='' or another run.output_dir")
+        folder = Path(resume)
+        if not folder.is_dir():
+            raise SmecError(f"e2e.resume: {folder} is not a folder")
+        problem = self.damage(folder, self.check(folder))
+        if problem:
+            raise SmecError(f"e2e.resume: checkpoint {folder} is damaged: {problem}")
         return folder
 
     def save(self, accelerator, global_step: int, position: dict) -> Path:
@@ -110,10 +151,11 @@ class Checkpoints:
         dist.barrier()
         accelerator.save_state(str(partial))
         dist.barrier()  # every rank's shards are on disk
+        files = self._hash_files(partial)
         if dist.is_main():
             tmp = partial / (MARKER + ".tmp")
-            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "global_step": global_step, **position},
-                                      indent=1), encoding="utf-8")
+            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "global_step": global_step, **position,
+                                       "files": files}, indent=1), encoding="utf-8")
             os.replace(tmp, partial / MARKER)
             if final.exists():  # the same step saved again (a stage end after a periodic save)
                 shutil.rmtree(final)
@@ -123,6 +165,14 @@ class Checkpoints:
         dist.barrier()
         log.info("checkpoint %s (%s)", final, ", ".join(f"{k} {v}" for k, v in position.items()))
         return final
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 class StopRequest:

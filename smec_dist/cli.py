@@ -97,17 +97,28 @@ def _compress(args) -> None:
         raise SmecError(f"{src}: no such file")
     try:
         x = np.load(src, allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty file; OSError: a folder
         raise SmecError(f"{src}: not a numeric .npy array ({exc})") from exc
+    if x.dtype.kind not in "iuf":
+        raise SmecError(f"{src}: not a numeric .npy array (dtype {x.dtype})")
+    if x.ndim == 2 and not np.isfinite(x).all():
+        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise SmecError(f"{src}: row {row} holds NaN or infinite values")
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise SmecError(f"{out}: output folder {out.parent} not found")
     model = CompressedModel.load(args.head)
     try:
         y = model.compress(x, args.dim)
     except SmecError as exc:
         raise SmecError(f"{src}: {exc}") from exc
-    out = Path(args.output)
     tmp = out.with_name(out.name + ".tmp.npy")
-    np.save(tmp, y)
-    tmp.replace(out)
+    try:
+        np.save(tmp, y)
+        tmp.replace(out)
+    except OSError as exc:  # a full disk, no permission: no partial file left
+        tmp.unlink(missing_ok=True)
+        raise SmecError(f"{out}: cannot write ({exc.strerror or exc})") from exc
     print(f"{out}: {y.shape[0]} x {y.shape[1]}")
 
 

@@ -99,6 +99,9 @@ class TrainConfig:
             the fraction of a stage after which the selection is fixed.
         infonce_weight: weight of InfoNCE (the supervised setting sets it from
             ``run.supervised_infonce_weight``).
+        nonfinite: on a NaN/inf loss, ``stop`` (a one-line error naming stage, step and
+            batch; nothing of the step applied, checkpoints kept) or ``skip`` the step
+            (not under DeepSpeed), at most ``max_skipped`` times per run.
     """
 
     epochs: int = 20
@@ -125,6 +128,8 @@ class TrainConfig:
     ads_anneal: float = 0.6
     pca_on_anchors: bool = True
     seed: int = 0
+    nonfinite: str = "stop"  # a non-finite loss: stop (one-line error naming stage, step, batch) or skip the step
+    max_skipped: int = 10  # skip mode: more skipped steps than this stop the run
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "topk", "queue_size"):
@@ -135,6 +140,8 @@ class TrainConfig:
                     "pairwise_weight", "infonce_weight", "ads_noise"):
             _positive(f"train.{key}", getattr(self, key), zero_ok=True)
         _one_of("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        _one_of("train.nonfinite", self.nonfinite, ("stop", "skip"))
+        _positive("train.max_skipped", self.max_skipped, zero_ok=True)
         if self.lookahead < -1:
             raise SmecError(f"train.lookahead: {self.lookahead} must be -1 (all later stages), 0 (off) or a count")
 
@@ -214,6 +221,8 @@ class E2EConfig:
             (``accelerate launch --use_deepspeed``), else plain DDP.
         checkpoint_every: optimizer steps between checkpoints (0: stage ends only).
         keep_checkpoints: complete checkpoints kept (older ones are deleted).
+        collective_timeout_s: seconds a collective waits for a dead or hung rank before the
+            others fail with a timeout (0: the backend's default).
         resume: ``""`` (start fresh), ``auto`` (the newest complete checkpoint under
             ``<run.output_dir>/checkpoints``, if any) or a checkpoint folder.
         full_weight: weight of the full-width loss on the backbone's own embeddings.
@@ -239,6 +248,7 @@ class E2EConfig:
     deepspeed: str = ""
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    collective_timeout_s: int = 1800  # a rank dead or hung this long makes the others fail, not wait for ever
     resume: str = ""
     full_weight: float = 1.0
     infonce_weight: float = 1.0
@@ -251,6 +261,7 @@ class E2EConfig:
                     "keep_checkpoints", "basis_docs"):
             _positive(f"e2e.{key}", getattr(self, key))
         for key in ("lora_dropout", "backbone_lr", "warmup_steps", "max_grad_norm", "checkpoint_every",
+                    "collective_timeout_s",
                     "full_weight", "infonce_weight"):
             _positive(f"e2e.{key}", getattr(self, key), zero_ok=True)
         if not self.lora_targets:
@@ -379,9 +390,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.exists():
             raise SmecError(f"{path}: config file not found")
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SmecError(f"{path}: cannot read the config file ({type(exc).__name__}: {exc})") from exc
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise SmecError(f"{path}: cannot read the config file ({exc.strerror or exc})") from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise SmecError(f"{path}:{line}: not valid UTF-8 (byte {raw[exc.start]:#04x})") from exc
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

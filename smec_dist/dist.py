@@ -40,13 +40,20 @@ def state():
     return PartialState()
 
 
-def process_group_kwargs() -> list:
-    """Kwargs handlers every ``Accelerator`` is built with: gloo when there is no GPU."""
+def process_group_kwargs(timeout_s: int = 0) -> list:
+    """Kwargs handlers every ``Accelerator`` is built with: gloo when there is no GPU, and the
+    collective timeout (``timeout_s`` > 0): when a rank dies or hangs, the others fail with a
+    timeout error after that long instead of waiting for ever."""
+    from datetime import timedelta
+
     from accelerate.utils import InitProcessGroupKwargs
 
-    if torch.cuda.is_available() or not launched_distributed():
+    if not launched_distributed():
         return []
-    return [InitProcessGroupKwargs(backend="gloo")]
+    kwargs: dict = {} if torch.cuda.is_available() else {"backend": "gloo"}
+    if timeout_s > 0:
+        kwargs["timeout"] = timedelta(seconds=timeout_s)
+    return [InitProcessGroupKwargs(**kwargs)] if kwargs else []
 
 
 def _active() -> bool:

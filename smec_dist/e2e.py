@@ -45,7 +45,7 @@ from .errors import SmecError
 from .head import SMECHead, save_head
 from .memory import XBMQueue
 from .tracking import Tracker, flatten
-from .trainer import Phase, Positives, Samples, Task, Trainer, _lr_factor, objective, smec_phases
+from .trainer import Phase, Positives, Samples, Task, Trainer, _lr_factor, _some, objective, smec_phases
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +185,21 @@ class PairTask(Task):
         pos = Positives(d_all, picks.to(self.device), torch.arange(b, device=self.device) + r * b,
                         [self.pairs.positives[i] for i in mine.tolist()])
         self._pending = (d_all.detach(), picks)  # gathered already: every rank enqueues the same
+        self._last_batch = idx
 
         def student(x):  # the backbone's own full-width embedding, then the stage's widths
             return [(e2e.full_weight, F.normalize(x, dim=-1))] + phase.student(x)
 
         return objective(student, q, samples, pos, self.head_cfg)
+
+    def describe_batch(self) -> str:
+        idx = getattr(self, "_last_batch", None)
+        if idx is None:
+            return "(no batch yet)"
+        return f"split '{self.cfg.e2e.split}' queries " + _some([self.pairs.query_ids[i] for i in idx.tolist()])
+
+    def discard_micro_step(self) -> None:
+        self._pending = None  # non-finite embeddings never enter the memory
 
     @torch.no_grad()
     def probe_loss(self, phase: Phase) -> float:
@@ -272,6 +282,13 @@ class AccelerateEngine:
 
     def mean(self, value: float) -> float:
         return dist.mean_over_ranks(value)
+
+    def any(self, flag: bool) -> bool:
+        return dist.any_rank(flag)
+
+    def discard(self) -> None:
+        if self.opt is not None:
+            self.opt.zero_grad(set_to_none=True)
 
     def step(self) -> None:
         if self.opt is None:
@@ -380,9 +397,12 @@ def check_deepspeed(ds: dict, source: str, cfg: Config, world: int, prec: str) -
 
 def fingerprint(cfg: Config) -> dict:
     """The settings a checkpoint must share with the run resuming it."""
-    e2e = {k: v for k, v in asdict(cfg.e2e).items() if k not in ("resume", "checkpoint_every", "keep_checkpoints")}
-    return {"data": asdict(cfg.data), "model": asdict(cfg.model), "dims": list(cfg.run.dims),
-            "train": asdict(cfg.train), "e2e": e2e}
+    # not in it: how the run is kept and watched, which does not change what it computes
+    e2e = {k: v for k, v in asdict(cfg.e2e).items()
+           if k not in ("resume", "checkpoint_every", "keep_checkpoints", "collective_timeout_s")}
+    model = {k: v for k, v in asdict(cfg.model).items() if k != "device"}
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in ("nonfinite", "max_skipped")}
+    return {"data": asdict(cfg.data), "model": model, "dims": list(cfg.run.dims), "train": train, "e2e": e2e}
 
 
 # ---------------------------------------------------------------------------------- job
@@ -419,11 +439,13 @@ class E2EJob:
             except json.JSONDecodeError as exc:
                 raise SmecError(f"{ds_path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
             self.ds_config = check_deepspeed(raw, ds_path, cfg, world, prec)
+            if cfg.train.nonfinite == "skip":
+                raise SmecError("train.nonfinite=skip: not under DeepSpeed (its engine counts the micro-steps a "
+                                "skipped step leaves out); use train.nonfinite=stop, or DDP (e2e.deepspeed='')")
             plugin = DeepSpeedPlugin(hf_ds_config=self.ds_config)
         self.ckpts = Checkpoints(self.out / "checkpoints", fingerprint(cfg), e2e.keep_checkpoints)
         self.stop = StopRequest(self.out / "STOP")
         self._saved_step = -1
-        self.resume_from = self.ckpts.resolve(e2e.resume)
         self.ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
         self.pairs = load_pairs(self.ds, e2e.split)
 
@@ -437,7 +459,7 @@ class E2EJob:
                 os.environ.pop("ACCELERATE_USE_CPU", None)
         self.acc = Accelerator(mixed_precision="bf16" if prec == "bf16" else "no",
                                gradient_accumulation_steps=e2e.grad_accum, deepspeed_plugin=plugin,
-                               kwargs_handlers=dist.process_group_kwargs())
+                               kwargs_handlers=dist.process_group_kwargs(e2e.collective_timeout_s))
         if ds_path and self.acc.state.deepspeed_plugin is None:
             raise SmecError(f"e2e.deepspeed: {ds_path} was given but Accelerate runs without DeepSpeed")
         if world > 1 and self.acc.num_processes != world:
@@ -446,6 +468,8 @@ class E2EJob:
         if world > 1 and self.acc.distributed_type.name == "NO":
             raise SmecError(f"{world} ranks but Accelerate prepared no distributed wrapper; "
                             f"launch with accelerate launch --multi_gpu or torchrun")
+        # after Accelerate set up the process group: the ranks verify the checkpoint's files together
+        self.resume_from = self.ckpts.resolve(e2e.resume)
         set_seed(cfg.train.seed)
         self.device = self.acc.device
         model, tok, pooling, append_eos = load_trainable(
@@ -582,7 +606,8 @@ class E2EJob:
             stats = self.trainer.fit()
         finally:
             self.stop.uninstall()
-        result = {"stages": stats, "probe_loss": self.task.probes, "losses": self.trainer.losses}
+        result = {"stages": stats, "probe_loss": self.task.probes, "losses": self.trainer.losses,
+                  "skipped_steps": self.trainer.skipped}
         if self.trainer.stopped:
             self._checkpoint(self.trainer)
             pos = self._position(self.trainer)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from . import dist
 from .backbone import load_encoder, model_width, resolve_pooling
-from .cache import build_cache, check_complete_cache, ids_sha256, is_complete, load_cache
+from .cache import MANIFEST, build_cache, check_complete_cache, ids_sha256, is_complete, load_cache
 from .config import Config, dump_config
 from .data import ensure_dataset, eval_qrels, load_beir, load_query_file, select_anchor_queries
 from .errors import SmecError
@@ -53,6 +53,10 @@ def encode(cfg: Config, ds=None, extra_texts: dict[str, tuple[list[str], list[st
         "corpus": (ds.doc_ids(), ds.doc_texts()),
         "queries": (list(ds.queries), list(ds.queries.values())),
     }
+    if (cache_dir / MANIFEST).exists():
+        # A sealed cache that is damaged (malformed manifest, a shard missing or truncated)
+        # cannot be repaired by encoding again: name the file now, before a model is loaded.
+        load_cache(cache_dir, verify=False)
     if is_complete(cache_dir):
         pooling, append_eos = resolve_pooling(cfg.model.name, cfg.model.pooling, None)
         check_complete_cache(cache_dir, {
@@ -92,7 +96,8 @@ class Job:
         t = time.perf_counter()
         self.ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
         if cfg.data.eval_split not in self.ds.qrels:
-            raise SmecError(f"data.eval_split: '{cfg.data.eval_split}' is not a split of {self.ds.root} "
+            raise SmecError(f"data.eval_split: '{cfg.data.eval_split}' is not a split of {self.ds.root}: "
+                            f"{self.ds.root / 'qrels' / (cfg.data.eval_split + '.tsv')} not found "
                             f"(present: {', '.join(self.ds.splits)})")
         try:
             anchor_texts, anchor_ids = select_anchor_queries(self.ds, cfg.run.anchors, cfg.data.eval_split,
@@ -103,7 +108,8 @@ class Job:
         if "supervised" in cfg.run.settings:
             split = cfg.run.supervised_split
             if split not in self.ds.qrels:
-                raise SmecError(f"run.supervised_split: '{split}' is not a split of {self.ds.root} "
+                raise SmecError(f"run.supervised_split: '{split}' is not a split of {self.ds.root}: "
+                                f"{self.ds.root / 'qrels' / (split + '.tsv')} not found "
                                 f"(present: {', '.join(self.ds.splits)})")
             if split == cfg.data.eval_split:
                 raise SmecError(f"run.supervised_split: '{split}' is the eval split; training on its judgments would leak")

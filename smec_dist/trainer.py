@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .errors import SmecError
+
 from .config import TrainConfig
 from .head import MultiHead, PrefixHead, SMECHead, pca_basis
 from .losses import info_nce, listwise_kl, pairwise_mse
@@ -292,6 +294,13 @@ class Task:
     def after_micro_step(self) -> None:
         """After each backward pass (the memory is fed here)."""
 
+    def describe_batch(self) -> str:
+        """The batch of the last ``loss`` call, for error messages."""
+        return "(unknown batch)"
+
+    def discard_micro_step(self) -> None:
+        """The last ``loss`` is dropped (non-finite, skipped): forget what it left pending."""
+
     def state_dict(self) -> dict:
         return {}
 
@@ -315,6 +324,12 @@ class LocalEngine:
 
     def step(self) -> None:
         pass
+
+    def discard(self) -> None:
+        pass
+
+    def any(self, flag: bool) -> bool:
+        return flag
 
     def mean(self, value: float) -> float:
         return value
@@ -352,6 +367,7 @@ class Trainer:
         self.progress, self.log_fn = progress, log_fn
         self.on_step_end, self.on_phase_end, self.should_stop = on_step_end, on_phase_end, should_stop
         self.stopped = False
+        self.skipped = 0  # steps dropped for a non-finite loss (train.nonfinite=skip)
         self.phase_index, self.step = 0, 0
         self.opt = self.sched = None
         self.stats: dict = {}
@@ -362,13 +378,15 @@ class Trainer:
         return {"phase": self.phase_index, "step": self.step, "head": self.head.state_dict(),
                 "opt": self.opt.state_dict() if self.opt else None,
                 "sched": self.sched.state_dict() if self.sched else None,
-                "task": self.task.state_dict(), "stats": self.stats, "losses": list(self.losses)}
+                "task": self.task.state_dict(), "stats": self.stats, "losses": list(self.losses),
+                "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
         self.phase_index, self.step = int(state["phase"]), int(state["step"])
         self.head.load_state_dict(state["head"])
         self.task.load_state_dict(state["task"])
         self.stats, self.losses = dict(state["stats"]), list(state["losses"])
+        self.skipped = int(state.get("skipped", 0))
         self._resume = state  # the optimizer is rebuilt when its phase starts
 
     def _optimizer(self, phase: Phase, steps: int) -> None:
@@ -405,6 +423,19 @@ class Trainer:
         self.head.eval()
         return self.stats
 
+    def _non_finite(self, phase: Phase, steps: int, loss: torch.Tensor) -> None:
+        where = (f"{phase.name} (stage {self.phase_index + 1}) at step {self.step + 1} of {steps}, "
+                 f"{self.task.describe_batch()}")
+        if self.cfg.nonfinite != "skip":
+            raise SmecError(f"non-finite loss ({loss.item()}) in {where}; nothing of this step was applied and "
+                            f"the newest complete checkpoint is kept (--resume auto continues from it); "
+                            f"train.nonfinite=skip drops such steps instead")
+        self.skipped += 1
+        if self.skipped > self.cfg.max_skipped:
+            raise SmecError(f"non-finite loss in {where}: {self.skipped} steps skipped, more than "
+                            f"train.max_skipped={self.cfg.max_skipped}; the newest complete checkpoint is kept")
+        log.warning("non-finite loss in %s: step skipped (%d so far)", where, self.skipped)
+
     def _run_phase(self, phase: Phase, steps: int) -> None:
         t0 = time.perf_counter()
         params = [p for group in phase.params for p in group["params"]]
@@ -413,15 +444,22 @@ class Trainer:
         ema = self.stats.get(phase.name, {}).get("loss")
         while self.step < steps:
             phase.progress(self.step / steps)
-            value = 0.0
+            value, bad = 0.0, False
             for _ in range(self.engine.accum):
                 with self.engine.accumulate():
                     loss = self.task.loss(phase, self.step)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss in {phase.name} at step {self.step}")
+                    if self.engine.any(not bool(torch.isfinite(loss.detach()))):  # every rank decides alike
+                        self._non_finite(phase, steps, loss)  # raises unless train.nonfinite=skip
+                        self.task.discard_micro_step()
+                        bad = True
+                        continue
                     self.engine.backward(loss)
                     self.task.after_micro_step()
                 value += loss.item() / self.engine.accum
+            if bad:  # the step is dropped; the same step index is retried on the next batch
+                self.opt.zero_grad(set_to_none=True)
+                self.engine.discard()
+                continue
             self.engine.sync_head(params)
             self.opt.step()
             self.sched.step()
@@ -451,6 +489,10 @@ class Trainer:
         log.info("%s: %d steps, loss %.4f, %.1fs", phase.name, steps, ema, self.stats[phase.name]["seconds"])
 
 
+def _some(items: list, n: int = 5) -> str:
+    return ", ".join(map(str, items[:n])) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
 class CachedTask(Task):
     """Adapter mode: batches of anchors' teacher vectors from the embedding cache, with hard
     samples from the S-XBM queue (``"xbm"``) or an exact corpus search (``"exact"``)."""
@@ -475,6 +517,7 @@ class CachedTask(Task):
             self.perm, self.pos_in_perm = torch.randperm(len(data.anchors), generator=self.gen), 0
         idx = self.perm[self.pos_in_perm:self.pos_in_perm + cfg.batch_size]
         self.pos_in_perm += cfg.batch_size
+        self._last_rows = idx
         anchors = data.anchors[idx]  # (n, D)
         samples = self.queue.sample(anchors, data.anchor_doc[idx], cfg.topk) if self.queue is not None \
             else self.exact.sample_rows(idx)
@@ -484,6 +527,10 @@ class CachedTask(Task):
             pick = torch.tensor([r[int(torch.randint(len(r), (1,), generator=self.gen))] for r in judged])
             pos = Positives(data.corpus[pick], pick, torch.arange(len(idx)), judged)  # (n, D)
         return objective(phase.student, anchors, samples, pos, cfg)
+
+    def describe_batch(self) -> str:
+        rows = getattr(self, "_last_rows", None)
+        return "anchor rows " + _some(rows.tolist()) if rows is not None else "(no batch yet)"
 
     def after_micro_step(self) -> None:
         if self.queue is not None:

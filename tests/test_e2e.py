@@ -177,6 +177,89 @@ def test_stop_request_mid_stage_checkpoints_and_resume_finishes_the_same(trained
     assert resumed["losses"] == json.loads((trained / "train_log.json").read_text())["losses"]
 
 
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(trained, data_dir, tmp_path, caplog):
+    import logging
+    import shutil
+
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    newest = out / "checkpoints" / "step-00000006"
+    listed = json.loads((newest / MARKER).read_text())["files"]
+    assert listed and all(len(f["sha256"]) == 64 for f in listed.values())
+    victim = newest / max(listed, key=lambda rel: listed[rel]["size"])  # flip a byte, keep the size
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    (out / "train_log.json").unlink()
+    assert main(args(data_dir, out, "e2e.backbone=lora", "e2e.backbone_lr=5e-3", "e2e.resume=auto")) == 0
+    assert f"checkpoint {newest} is damaged" in caplog.text and "sha256 differs" in caplog.text
+    assert "resuming from " + str(out / "checkpoints" / "step-00000005") in caplog.text
+    resumed = json.loads((out / "train_log.json").read_text())
+    assert resumed["losses"] == json.loads((trained / "train_log.json").read_text())["losses"]
+
+
+def test_damaged_checkpoint_named_explicitly_is_refused(trained, data_dir, tmp_path, capsys):
+    import shutil
+
+    ckpt = tmp_path / "step-00000005"
+    shutil.copytree(trained / "checkpoints" / "step-00000005", ckpt)
+    victim = max((p for p in ckpt.rglob("*") if p.is_file() and p.name != MARKER), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:-10])
+    err = _error(capsys, args(data_dir, tmp_path / "out", "e2e.backbone=lora", "e2e.backbone_lr=5e-3",
+                              f"e2e.resume={ckpt}"))
+    assert f"checkpoint {ckpt} is damaged" in err and "truncated" in err
+
+
+def _nan_at(monkeypatch, stage: int, step: int, times: int = 1) -> None:
+    """Make PairTask's loss NaN at (stage, step in stage), ``times`` times in a row."""
+    from smec_dist.e2e import PairTask
+
+    original, left = PairTask.loss, [times]
+
+    def loss(self, phase, at):
+        value = original(self, phase, at)
+        if phase.name.startswith(f"stage{stage}:") and at == step and left[0] > 0:
+            left[0] -= 1
+            return value * float("nan")
+        return value
+
+    monkeypatch.setattr(PairTask, "loss", loss)
+
+
+def test_non_finite_loss_stops_naming_stage_step_and_batch(data_dir, tmp_path, capsys, monkeypatch):
+    _nan_at(monkeypatch, stage=2, step=1)
+    out = tmp_path / "out"
+    err = _error(capsys, args(data_dir, out, "e2e.backbone=lora"))
+    assert "non-finite loss (nan) in stage2:32->16 (stage 2) at step 2 of 3, split 'train' queries " in err
+    assert "newest complete checkpoint is kept" in err and "train.nonfinite=skip" in err
+    kept = Checkpoints(out / "checkpoints", {}).complete()
+    assert [s for s, _ in kept] == [2, 3]  # stage 1's checkpoints, untouched
+    assert not (out / "train_log.json").exists()
+
+
+def test_non_finite_loss_skip_mode_drops_the_step(data_dir, tmp_path, capsys, monkeypatch):
+    _nan_at(monkeypatch, stage=2, step=1, times=2)
+    out = tmp_path / "out"
+    assert main(args(data_dir, out, "e2e.backbone=lora", "train.nonfinite=skip")) == 0
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["skipped_steps"] == 2 and len(log["losses"]) == 6  # every stage still takes its 3 steps
+    assert all(torch.isfinite(torch.tensor(log["losses"])))
+
+
+def test_non_finite_skip_budget_exceeded_stops(data_dir, tmp_path, capsys, monkeypatch):
+    _nan_at(monkeypatch, stage=1, step=0, times=5)
+    err = _error(capsys, args(data_dir, tmp_path / "out", "e2e.backbone=lora", "train.nonfinite=skip",
+                              "train.max_skipped=3"))
+    assert "4 steps skipped, more than train.max_skipped=3" in err
+
+
+def test_skip_mode_is_refused_under_deepspeed(data_dir, tmp_path, capsys):
+    err = _error(capsys, args(data_dir, tmp_path / "out", "e2e.deepspeed=ds_configs/zero2.json",
+                              "train.nonfinite=skip"))
+    assert "train.nonfinite=skip: not under DeepSpeed" in err
+
+
 def test_stop_request_file_and_signals(tmp_path):
     stop = StopRequest(tmp_path / "STOP")
     (tmp_path / "STOP").touch()

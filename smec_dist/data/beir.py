@@ -208,16 +208,15 @@ def load_corpus(path: Path) -> dict[str, dict]:
 
 def _load_queries_jsonl(path: Path) -> dict[str, str]:
     queries: dict[str, str] = {}
-    empty = 0
     for lineno, qid, record in _iter_jsonl_records(path):
         if qid in queries:
             raise _duplicate(path, lineno, qid, _jsonl_id)
         text = _string_field(path, lineno, record, "text", required=True)
         if not text.strip():
-            empty += 1
+            # Unlike an empty document (kept: see load_corpus), an empty query has nothing to
+            # retrieve with and would only add noise to the scores; .tsv query files refuse it too.
+            raise SmecError(f"{path}:{lineno}: empty query text (query id {_short(qid)})")
         queries[qid] = text
-    if empty:
-        log.warning("%s: %d quer(y/ies) have empty text", path, empty)
     return queries
 
 
@@ -231,7 +230,8 @@ def load_queries(path: Path) -> dict[str, str]:
         Query id -> text in file order.
 
     Raises:
-        SmecError: On any malformed line, duplicate id, or when there are no queries.
+        SmecError: On any malformed line, duplicate id, empty query text, or when there are
+            no queries.
     """
     path = Path(path)
     queries = _load_queries_jsonl(path)
