@@ -16,7 +16,6 @@ one; older checkpoints are pruned only after a newer one was written and hashed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from . import dist
+from .cache import file_sha256
 from .errors import SmecError
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Checkpoints:
         """``{relative path: {"size", "sha256"}}`` of every file under ``folder``, hashed by
         all ranks together (rank r takes every world-th file); the same result on every rank."""
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
-        mine = {rel: {"size": (folder / rel).stat().st_size, "sha256": _sha256(folder / rel)}
+        mine = {rel: {"size": (folder / rel).stat().st_size, "sha256": file_sha256(folder / rel)}
                 for rel in files[dist.rank()::dist.world_size()]}
         out: dict = {}
         for part in dist.all_gather_object(mine):
@@ -165,14 +165,6 @@ class Checkpoints:
         dist.barrier()
         log.info("checkpoint %s (%s)", final, ", ".join(f"{k} {v}" for k, v in position.items()))
         return final
-
-
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class StopRequest:

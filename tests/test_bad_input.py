@@ -38,6 +38,7 @@ from smec_dist.cli import main
 from smec_dist.data import download as download_mod
 from smec_dist.data import load_beir
 from smec_dist.head import SMECHead, save_head
+from tests.test_cli import assert_one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "tiny"
@@ -78,18 +79,6 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     rc = main(argv)
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
-
-
-def assert_one_error_line(rc: int, out: str, err: str, needles) -> str:
-    """Status 2, stderr exactly one ``smec: error: ...`` line naming every needle, no traceback."""
-    assert rc == 2, f"exit status {rc}; stderr: {err!r}"
-    assert "Traceback" not in out + err
-    lines = err.splitlines()
-    assert len(lines) == 1, f"stderr is not exactly one line: {err!r}"
-    assert lines[0].startswith("smec: error: "), lines[0]
-    for needle in needles:
-        assert str(needle) in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def files_of(folder: Path) -> dict[str, tuple[int, int]]:
@@ -248,7 +237,7 @@ def test_bad_dataset(dataset: Path, tmp_path: Path, capsys, case: str, command: 
     bad = DATA_CASES[case](dataset, tmp_path)
     argv, out, cache = _data_argv(dataset, tmp_path, bad.extra)
     rc, stdout, stderr = run_cli([command, *argv], capsys)
-    line = assert_one_error_line(rc, stdout, stderr, bad.needles)
+    line = assert_one_error_line(rc, stdout, stderr, *bad.needles)
     assert NO_MODEL not in line, "the model was looked at before the dataset was checked"
     assert stdout == ""
     assert not out.exists() and not cache.exists()
@@ -259,7 +248,7 @@ def test_bad_run_input(dataset: Path, tmp_path: Path, capsys, case: str) -> None
     bad = RUN_CASES[case](dataset, tmp_path)
     argv, out, cache = _data_argv(dataset, tmp_path, bad.extra)
     rc, stdout, stderr = run_cli(["run", *argv], capsys)
-    line = assert_one_error_line(rc, stdout, stderr, bad.needles)
+    line = assert_one_error_line(rc, stdout, stderr, *bad.needles)
     assert NO_MODEL not in line, "the model was looked at before the run's inputs were checked"
     assert stdout == ""
     assert not out.exists() and not cache.exists()
@@ -307,7 +296,7 @@ def test_bad_model(dataset: Path, tmp_path: Path, capsys, case: str, command: st
     model, needles = MODEL_CASES[case](tmp_path)
     argv, out, cache = _data_argv(dataset, tmp_path, [], model=model)
     rc, stdout, stderr = run_cli([command, *argv], capsys)
-    assert_one_error_line(rc, stdout, stderr, needles)
+    assert_one_error_line(rc, stdout, stderr, *needles)
     assert not out.exists() and not cache.exists()
 
 
@@ -316,7 +305,7 @@ def test_dims_not_below_the_model_width(dataset: Path, tmp_path: Path, capsys, d
     """Found from the model's config alone (no weights), before anything is encoded."""
     argv, out, cache = _data_argv(dataset, tmp_path, [f"run.dims={dims}"], model="minilm")
     rc, stdout, stderr = run_cli(["run", *argv], capsys)
-    assert_one_error_line(rc, stdout, stderr, ["run.dims", dims[1:4], MINILM_WIDTH])
+    assert_one_error_line(rc, stdout, stderr, *["run.dims", dims[1:4], MINILM_WIDTH])
     assert not out.exists() and not cache.exists()
 
 
@@ -369,7 +358,7 @@ def test_bad_config(tmp_path: Path, capsys, case: str) -> None:
     argv += [a.replace("{tmp}", str(tmp_path)) for a in args]
     needles = [n.replace("{F}", str(path)).replace("{tmp}", str(tmp_path)) for n in needles]
     rc, stdout, stderr = run_cli(argv, capsys)
-    assert_one_error_line(rc, stdout, stderr, needles)
+    assert_one_error_line(rc, stdout, stderr, *needles)
     assert stdout == ""
 
 
@@ -377,7 +366,7 @@ def test_bad_config(tmp_path: Path, capsys, case: str) -> None:
 def test_every_config_command_stops_on_a_bad_key(dataset: Path, tmp_path: Path, capsys, command: str) -> None:
     argv, out, cache = _data_argv(dataset, tmp_path, ["train.epoch=3"], model="minilm")
     rc, stdout, stderr = run_cli([command, *argv], capsys)
-    assert_one_error_line(rc, stdout, stderr, ["train.epoch"])
+    assert_one_error_line(rc, stdout, stderr, *["train.epoch"])
     assert stdout == ""
     assert not out.exists() and not cache.exists()
 
@@ -459,7 +448,7 @@ def test_bad_compress(tmp_path: Path, head: Path, capsys, spec) -> None:
     rc, stdout, stderr = run_cli(["compress", "--head", str(head), "--input", str(src), "--dim", str(dim),
                                   "--output", str(dst)], capsys)
     needles = [n.replace("{in}", str(src)).replace("{head}", str(head)).replace("{out}", str(dst)) for n in needles]
-    assert_one_error_line(rc, stdout, stderr, needles)
+    assert_one_error_line(rc, stdout, stderr, *needles)
     assert not dst.exists()
     assert sorted(p.name for p in tmp_path.rglob("*")) == before, "a file was left behind"
 
@@ -538,7 +527,7 @@ def test_damaged_cache(sealed_cache, tmp_path: Path, capsys, case: str, command:
     rc, stdout, stderr = run_cli([command, f"data.data_dir={ds.parent}", f"data.dataset={DATASET}",
                                   f"cache.dir={cache}", f"run.output_dir={out}", f"model.name={model}",
                                   "run.dims=[4,2]", "run.progress=false"], capsys)
-    assert_one_error_line(rc, stdout, stderr, [path, *needles])
+    assert_one_error_line(rc, stdout, stderr, *[path, *needles])
     assert files_of(cache) == before, "the damaged cache was modified"
     assert not out.exists()
 
@@ -550,7 +539,7 @@ def test_corrupted_shard_is_caught_by_its_checksum(sealed_cache, tmp_path: Path,
     rc, stdout, stderr = run_cli(["run", f"data.data_dir={ds.parent}", f"data.dataset={DATASET}",
                                   f"cache.dir={cache}", f"run.output_dir={out}", "model.name=minilm",
                                   "run.dims=[4,2]", "run.progress=false"], capsys)
-    assert_one_error_line(rc, stdout, stderr, [path, "sha256"])
+    assert_one_error_line(rc, stdout, stderr, *[path, "sha256"])
     assert not out.exists()
 
 
@@ -559,7 +548,7 @@ def test_corrupted_shard_is_caught_by_its_checksum(sealed_cache, tmp_path: Path,
 
 def test_download_bad_name(tmp_path: Path, capsys) -> None:
     rc, stdout, stderr = run_cli(["download", "../evil", "--data-dir", str(tmp_path / "d")], capsys)
-    assert_one_error_line(rc, stdout, stderr, ["'../evil'"])
+    assert_one_error_line(rc, stdout, stderr, *["'../evil'"])
     assert not (tmp_path / "d").exists()
 
 
@@ -579,7 +568,7 @@ def test_download_unreachable(tmp_path: Path, capsys, monkeypatch: pytest.Monkey
         argv = ["run", f"data.data_dir={data}", f"data.dataset={DATASET}", f"run.output_dir={tmp_path / 'out'}",
                 f"cache.dir={tmp_path / 'cache'}", f"model.name={NO_MODEL}"]
     rc, stdout, stderr = run_cli(argv, capsys)
-    assert_one_error_line(rc, stdout, stderr, [url, "download failed"])
+    assert_one_error_line(rc, stdout, stderr, *[url, "download failed"])
     assert list(data.iterdir()) == []
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
@@ -600,6 +589,6 @@ def test_real_process_prints_one_line(tmp_path: Path, kind: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "smec_dist.cli", "--log-level", "WARNING", *argv],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert_one_error_line(proc.returncode, proc.stdout, proc.stderr, needles)
+    assert_one_error_line(proc.returncode, proc.stdout, proc.stderr, *needles)
     assert proc.stdout == ""
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
