@@ -77,6 +77,28 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def file_table(folder: Path, rels: Sequence[str]) -> dict:
+    """``{relative path: {"size", "sha256"}}`` of the given files under ``folder``."""
+    return {rel: {"size": (folder / rel).stat().st_size, "sha256": file_sha256(folder / rel)} for rel in rels}
+
+
+def file_table_problem(folder: Path, listed: Mapping, hashes: Callable[[], Mapping] | None = None) -> str | None:
+    """What differs between the files under ``folder`` and a :func:`file_table` (``None``: all
+    intact): a missing file or a wrong size first (cheap), then a sha256 (``hashes`` computes
+    the table of the files on disk; default: here, in this process)."""
+    for rel, want in listed.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{path}: missing"
+        if path.stat().st_size != want["size"]:
+            return f"{path}: {path.stat().st_size} bytes, {want['size']} expected (truncated?)"
+    found = hashes() if hashes else file_table(folder, list(listed))
+    for rel, want in listed.items():
+        if found.get(rel, {}).get("sha256") != want["sha256"]:
+            return f"{folder / rel}: sha256 differs from the one recorded (altered or corrupt)"
+    return None
+
+
 def shard_name(index: int) -> str:
     """Returns the file name of shard ``index`` (``shard-00000.safetensors``)."""
     return f"shard-{index:05d}.safetensors"

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from . import dist
-from .cache import file_sha256
+from .cache import file_table, file_table_problem
 from .errors import SmecError
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,10 @@ class Checkpoints:
         keep: complete checkpoints kept; older ones are deleted after each save.
     """
 
-    def __init__(self, root: str | Path, fingerprint: dict, keep: int = 2):
+    def __init__(self, root: str | Path, fingerprint: dict, keep: int = 2, topology: dict | None = None):
         self.root, self.fingerprint, self.keep = Path(root), fingerprint, keep
+        # how the run is laid out over processes: {"world_size": W, "zero_stage": Z or None (no DeepSpeed)}
+        self.topology = topology or {}
 
     def complete(self) -> list[tuple[int, Path]]:
         """Complete checkpoints as (global step, folder), oldest first."""
@@ -73,13 +75,11 @@ class Checkpoints:
         return sorted(found)
 
     def _hash_files(self, folder: Path) -> dict:
-        """``{relative path: {"size", "sha256"}}`` of every file under ``folder``, hashed by
-        all ranks together (rank r takes every world-th file); the same result on every rank."""
+        """:func:`file_table` of every file under ``folder``, hashed by all ranks together
+        (rank r takes every world-th file); the same result on every rank."""
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
-        mine = {rel: {"size": (folder / rel).stat().st_size, "sha256": file_sha256(folder / rel)}
-                for rel in files[dist.rank()::dist.world_size()]}
         out: dict = {}
-        for part in dist.all_gather_object(mine):
+        for part in dist.all_gather_object(file_table(folder, files[dist.rank()::dist.world_size()])):
             out.update(part)
         return dict(sorted(out.items()))
 
@@ -88,17 +88,7 @@ class Checkpoints:
         listed = info.get("files")
         if listed is None:  # written before checksums existed: nothing to compare
             return None
-        for rel, want in listed.items():
-            path = folder / rel
-            if not path.is_file():
-                return f"{path}: missing"
-            if path.stat().st_size != want["size"]:
-                return f"{path}: {path.stat().st_size} bytes, {want['size']} expected (truncated?)"
-        found = self._hash_files(folder)
-        for rel, want in listed.items():
-            if found.get(rel, {}).get("sha256") != want["sha256"]:
-                return f"{folder / rel}: sha256 differs from {MARKER} (altered or corrupt)"
-        return None
+        return file_table_problem(folder, listed, lambda: self._hash_files(folder))
 
     def check(self, folder: Path) -> dict:
         """The marker of a complete checkpoint written by this config, else a SmecError."""
@@ -114,7 +104,26 @@ class Checkpoints:
             more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
             raise SmecError(f"{folder}: checkpoint of another config ({'; '.join(diff[:3])}{more}); "
                             f"use another run.output_dir or e2e.resume=''")
+        self._check_topology(folder, info.get("topology", {}))
         return info
+
+    def _check_topology(self, folder: Path, saved: dict) -> None:
+        """Resuming on another number of processes: fine without DeepSpeed (weights and optimizer
+        are whole in every checkpoint; the data order from then on follows the new global
+        batch), not under ZeRO, whose optimizer states are partitioned per rank."""
+        now = self.topology
+        if not saved or not now or saved.get("world_size") == now.get("world_size"):
+            return
+        was, then = saved.get("world_size"), now.get("world_size")
+        if saved.get("zero_stage") is None and now.get("zero_stage") is None:
+            log.warning("%s was written by %s process(es), this run has %s: resuming; the global batch and "
+                        "from there on the data order differ from an uninterrupted run", folder, was, then)
+            return
+        raise SmecError(f"{folder}: written by {was} process(es) under "
+                        f"{_zero_name(saved.get('zero_stage'))}, this run has {then} under "
+                        f"{_zero_name(now.get('zero_stage'))}: ZeRO partitions optimizer states per rank; resume "
+                        f"with {was} processes (or convert the checkpoint with DeepSpeed's ds_to_universal.py "
+                        f"and train from its weights)")
 
     def resolve(self, resume: str) -> Path | None:
         """The checkpoint ``e2e.resume`` names: ``""`` none, ``auto`` the newest complete one
@@ -155,7 +164,7 @@ class Checkpoints:
         if dist.is_main():
             tmp = partial / (MARKER + ".tmp")
             tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "global_step": global_step, **position,
-                                       "files": files}, indent=1), encoding="utf-8")
+                                       "topology": self.topology, "files": files}, indent=1), encoding="utf-8")
             os.replace(tmp, partial / MARKER)
             if final.exists():  # the same step saved again (a stage end after a periodic save)
                 shutil.rmtree(final)
@@ -165,6 +174,10 @@ class Checkpoints:
         dist.barrier()
         log.info("checkpoint %s (%s)", final, ", ".join(f"{k} {v}" for k, v in position.items()))
         return final
+
+
+def _zero_name(stage) -> str:
+    return "DDP / one process (no DeepSpeed)" if stage is None else f"DeepSpeed ZeRO-{stage}"
 
 
 class StopRequest:

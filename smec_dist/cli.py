@@ -209,6 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("smec: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:  # a collective timed out: say what it means, in one line per rank
+        text = str(exc)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and ("timed out" in text.lower() or "timeout" in text.lower()):
+            first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+            print(f"smec: error: rank {os.environ.get('RANK', '?')}: a collective timed out ({first[-160:]}): "
+                  f"another rank died or is stuck; the newest complete checkpoint is kept (--resume auto "
+                  f"continues from it); e2e.collective_timeout_s sets the wait", file=sys.stderr)
+            return 1
+        raise
     return 0
 
 

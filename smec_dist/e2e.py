@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from . import dist
 from .backbone import Encoder, check_backbone_mode, load_trainable, model_width
+from .cache import file_table
 from .checkpoint import Checkpoints, StopRequest
 from .config import Config, dump_config
 from .data import load_beir
@@ -48,6 +49,8 @@ from .tracking import Tracker, flatten
 from .trainer import Phase, Positives, Samples, Task, Trainer, _lr_factor, _some, objective, smec_phases
 
 log = logging.getLogger(__name__)
+
+EXPORT_MANIFEST = "manifest.json"
 
 # ---------------------------------------------------------------------------------- data
 
@@ -443,7 +446,9 @@ class E2EJob:
                 raise SmecError("train.nonfinite=skip: not under DeepSpeed (its engine counts the micro-steps a "
                                 "skipped step leaves out); use train.nonfinite=stop, or DDP (e2e.deepspeed='')")
             plugin = DeepSpeedPlugin(hf_ds_config=self.ds_config)
-        self.ckpts = Checkpoints(self.out / "checkpoints", fingerprint(cfg), e2e.keep_checkpoints)
+        zero = self.ds_config.get("zero_optimization", {}).get("stage", 0) if plugin is not None else None
+        self.ckpts = Checkpoints(self.out / "checkpoints", fingerprint(cfg), e2e.keep_checkpoints,
+                                 topology={"world_size": world, "zero_stage": zero})
         self.stop = StopRequest(self.out / "STOP")
         self._saved_step = -1
         self.ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
@@ -575,7 +580,9 @@ class E2EJob:
     def export(self, index: int) -> Path:
         """Stage ``index + 1``'s model, loadable without DeepSpeed: ``head.safetensors`` (the
         trained stages and their index lists), the backbone (a PEFT adapter, full weights,
-        or a reference to the frozen one), the tokenizer and ``smec.json``."""
+        or a reference to the frozen one), the tokenizer, ``smec.json`` and ``manifest.json``
+        (every file's size and sha256, checked when the export is loaded). Written to
+        ``stage<s>.tmp`` and renamed."""
         e2e = self.cfg.e2e
         final = self.out / "stages" / f"stage{index + 1}"
         tmp = final.with_name(final.name + ".tmp")
@@ -593,6 +600,9 @@ class E2EJob:
                 "append_eos": self.append_eos, "max_length": self.cfg.model.max_length,
                 "query_instruction": e2e.query_instruction, "doc_instruction": e2e.doc_instruction,
                 "dims": self.cfg.run.dims[:index + 1], "full_dim": self.encoder.dim}, indent=1), encoding="utf-8")
+            files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+            (tmp / EXPORT_MANIFEST).write_text(json.dumps({"files": file_table(tmp, files)}, indent=1),
+                                               encoding="utf-8")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             log.info("stage %d exported to %s", index + 1, final)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import dist
 from .backbone import Encoder, load_encoder, resolve_device, resolve_model
-from .cache import build_cache, load_cache
+from .cache import build_cache, file_table_problem, load_cache
 from .config import Config
 from .data import load_beir
 from .data.download import ensure_dataset
@@ -94,6 +94,15 @@ class SmecModel:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise SmecError(f"{meta_path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+        manifest = stage / "manifest.json"
+        if manifest.is_file():  # exports before checksums have none
+            try:
+                listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise SmecError(f"{manifest}: not a valid export manifest ({type(exc).__name__})") from exc
+            problem = file_table_problem(stage, listed)
+            if problem:
+                raise SmecError(f"{stage}: damaged export: {problem}")
         backbone = stage / "backbone"
         torch_dtype = getattr(torch, dtype)
         if (backbone / "adapter_config.json").is_file():

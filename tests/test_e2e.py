@@ -334,6 +334,22 @@ def test_evaluate_a_stage_export(trained, data_dir, capsys):
     assert json.loads((stage / "eval" / "eval.json").read_text())["metrics"] == metrics
 
 
+def test_damaged_export_is_refused_on_load(trained, data_dir, tmp_path, capsys):
+    import shutil
+
+    stage = tmp_path / "stage2"
+    shutil.copytree(trained / "stages" / "stage2", stage, ignore=shutil.ignore_patterns("eval"))
+    listed = json.loads((stage / "manifest.json").read_text())["files"]
+    assert {"head.safetensors", "smec.json", "backbone/adapter_model.safetensors"} <= set(listed)
+    head = stage / "head.safetensors"
+    data = bytearray(head.read_bytes())
+    data[-1] ^= 0xFF
+    head.write_bytes(bytes(data))
+    err = _error(capsys, ["eval", "--stage", str(stage), f"data.data_dir={data_dir}", "data.dataset=mini"])
+    assert f"{stage}: damaged export: {head}: sha256 differs" in err
+    assert not (stage / "eval").exists()
+
+
 def test_evaluate_something_that_is_not_an_export(tmp_path, capsys):
     assert "not a stage export" in _error(capsys, ["evaluate", "--stage", str(tmp_path)])
 
@@ -396,6 +412,19 @@ def test_tensorboard_run_holds_per_stage_metrics(data_dir, tmp_path):
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(log["losses"], rel=1e-6)
     assert events.Scalars("stage2/probe_loss_end")[0].value == pytest.approx(log["probe_loss"]["2"]["end"], rel=1e-6)
+
+
+def test_no_secret_reaches_the_run_folder(data_dir, tmp_path, monkeypatch, capsys, caplog):
+    secret = "wandb-secret-0123456789abcdef0123456789abcdef"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("HF_TOKEN", secret)
+    out = tmp_path / "out"
+    assert main(args(data_dir, out, "track.backend=wandb", "track.mode=offline")) == 0
+    assert list((out / "wandb").rglob("*.wandb"))  # the offline run (config, history, summary) is there
+    leaked = [p for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == []
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err + caplog.text
 
 
 def test_tracking_switched_off_writes_nothing(data_dir, tmp_path):

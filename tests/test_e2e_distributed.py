@@ -8,6 +8,7 @@ where results are compared.
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -219,3 +220,58 @@ def test_accelerate_launch(launcher, data_dir, tmp_path):
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _check_trained(out, launcher != "accelerate-ddp", stages=1)
+
+
+def test_resume_on_another_number_of_processes(data_dir, tmp_path):
+    """DDP: a checkpoint written by one process resumes on two (weights and optimizer are whole
+    in it); under ZeRO the optimizer states are per rank, so 2 -> 1 is a one-line error."""
+    one = tmp_path / "one"
+    common = ["e2e.backbone=full", "e2e.checkpoint_every=4", "e2e.keep_checkpoints=10"]
+    run([sys.executable, *train_args(data_dir, one, *common)])
+    two = tmp_path / "two"
+    (two / "checkpoints").mkdir(parents=True)
+    shutil.copytree(one / "checkpoints" / "step-00000004", two / "checkpoints" / "step-00000004")
+    proc = run(torchrun(*train_args(data_dir, two, *common), "--resume", "auto"))
+    assert "written by 1 process(es), this run has 2: resuming" in proc.stderr
+    log = json.loads((two / "train_log.json").read_text())
+    assert log["world_size"] == 2 and len(log["losses"]) == 24  # 4 from the checkpoint, 20 trained on 2 ranks
+    assert log["losses"][:4] == json.loads((one / "train_log.json").read_text())["losses"][:4]
+    assert all(torch.isfinite(torch.tensor(log["losses"])))
+
+    zero = tmp_path / "zero2"
+    run(torchrun(*train_args(data_dir, zero, *BACKENDS["zero2"], "e2e.steps_per_stage=4", "e2e.checkpoint_every=0")))
+    proc = subprocess.run([sys.executable, *train_args(data_dir, zero, *BACKENDS["zero2"], "e2e.steps_per_stage=4",
+                                                        "e2e.checkpoint_every=0"), "--resume", "auto"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("smec: error: ") and "written by 2 process(es) under DeepSpeed ZeRO-2" in err
+    assert "this run has 1" in err and "resume with 2 processes" in err
+
+
+@pytest.mark.parametrize("mode", ["crash", "hang"])
+def test_a_failing_rank_stops_the_others(mode, data_dir, tmp_path):
+    """A rank that raises, or hangs inside a step, must not leave the other waiting for ever:
+    torchrun stops the job when a rank fails; a hung rank makes the healthy one's next
+    collective fail after e2e.collective_timeout_s. The checkpoints written before stay."""
+    out = tmp_path / "out"
+    cmd = torchrun("tests/scripts/rank_fault.py", mode, *train_args(data_dir, out, "e2e.backbone=full",
+                                                                    "e2e.checkpoint_every=2",
+                                                                    "e2e.collective_timeout_s=20")[1:])
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        text, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc.pid)
+        pytest.fail(f"{mode}: the job still ran after 300 s")
+    seconds = time.time() - t0
+    assert proc.returncode != 0
+    if mode == "crash":
+        assert "injected fault on rank 1" in text
+    else:
+        assert "smec: error: rank 0: a collective timed out" in text and "another rank died or is stuck" in text, \
+            text[-3000:]
+    marker = json.loads((out / "checkpoints" / "step-00000002" / "complete.json").read_text())
+    assert (marker["stage"], marker["step_in_stage"]) == (1, 2)
+    print(f"{mode}: the job ended after {seconds:.0f} s")
