@@ -16,6 +16,9 @@ one; older checkpoints are pruned only after a newer one was written and hashed.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import logging
 import os
@@ -110,20 +113,59 @@ class Checkpoints:
     def _check_topology(self, folder: Path, saved: dict) -> None:
         """Resuming on another number of processes: fine without DeepSpeed (weights and optimizer
         are whole in every checkpoint; the data order from then on follows the new global
-        batch), not under ZeRO, whose optimizer states are partitioned per rank."""
+        batch); under ZeRO-1/2 through DeepSpeed's universal checkpoint (:meth:`universal`);
+        ZeRO-3 is refused with the reason."""
         now = self.topology
-        if not saved or not now or saved.get("world_size") == now.get("world_size"):
+        if not saved or not now:
             return
         was, then = saved.get("world_size"), now.get("world_size")
-        if saved.get("zero_stage") is None and now.get("zero_stage") is None:
-            log.warning("%s was written by %s process(es), this run has %s: resuming; the global batch and "
-                        "from there on the data order differ from an uninterrupted run", folder, was, then)
+        zero_then, zero_now = saved.get("zero_stage"), now.get("zero_stage")
+        if zero_then != zero_now:
+            raise SmecError(f"{folder}: written under {_zero_name(zero_then)}, this run is under "
+                            f"{_zero_name(zero_now)}: resume with the same e2e.deepspeed")
+        if was == then:
             return
-        raise SmecError(f"{folder}: written by {was} process(es) under "
-                        f"{_zero_name(saved.get('zero_stage'))}, this run has {then} under "
-                        f"{_zero_name(now.get('zero_stage'))}: ZeRO partitions optimizer states per rank; resume "
-                        f"with {was} processes (or convert the checkpoint with DeepSpeed's ds_to_universal.py "
-                        f"and train from its weights)")
+        if zero_then is not None and zero_then >= 3:
+            raise SmecError(f"{folder}: written by {was} process(es) under DeepSpeed ZeRO-3, this run has {then}: "
+                            f"ZeRO-3 partitions weights and optimizer states per rank; resume with {was} processes, "
+                            f"or convert it with python -m deepspeed.checkpoint.ds_to_universal and load that")
+        log.warning("%s was written by %s process(es), this run has %s: resuming%s; the global batch and from "
+                    "there on the data order differ from an uninterrupted run", folder, was, then,
+                    " through a DeepSpeed universal checkpoint" if zero_then is not None else "")
+
+    def needs_universal(self, folder: Path) -> bool:
+        """Whether ``folder`` (a complete checkpoint) is ZeRO-partitioned for another world size."""
+        saved = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("topology", {})
+        return (bool(saved) and saved.get("zero_stage") is not None
+                and saved.get("world_size") != self.topology.get("world_size"))
+
+    def universal(self, folder: Path) -> Path:
+        """``folder`` converted to DeepSpeed's universal layout (ZeRO-1/2 optimizer states
+        merged per parameter, loadable on any number of ranks), as ``<folder>/universal``: the
+        model states under ``pytorch_model/``, the trainer state and the RNG states copied
+        beside them. Converted once (rank 0, atomically); load it with the DeepSpeed config's
+        ``checkpoint.load_universal: true``."""
+        out = folder / "universal"
+        if dist.is_main() and not (out / MARKER).is_file():
+            from deepspeed.checkpoint.ds_to_universal import main as to_universal
+
+            tmp = folder / "universal.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            args = argparse.Namespace(input_folder=str(folder / "pytorch_model"),
+                                      output_folder=str(tmp / "pytorch_model"), num_extract_workers=1,
+                                      num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                      inject_missing_state=True)
+            log.info("converting %s to a DeepSpeed universal checkpoint", folder)
+            with contextlib.redirect_stdout(io.StringIO()):  # its progress prints, per parameter
+                to_universal(args)
+            for p in folder.iterdir():
+                if p.is_file() and p.name not in (MARKER, "latest") and not p.name.startswith("zero_to_"):
+                    shutil.copy2(p, tmp / p.name)
+            shutil.copy2(folder / MARKER, tmp / MARKER)
+            os.replace(tmp, out)
+        dist.barrier()
+        return out
 
     def resolve(self, resume: str) -> Path | None:
         """The checkpoint ``e2e.resume`` names: ``""`` none, ``auto`` the newest complete one

@@ -475,6 +475,10 @@ class E2EJob:
                             f"launch with accelerate launch --multi_gpu or torchrun")
         # after Accelerate set up the process group: the ranks verify the checkpoint's files together
         self.resume_from = self.ckpts.resolve(e2e.resume)
+        if self.resume_from is not None and self.ckpts.needs_universal(self.resume_from):
+            # ZeRO-1/2 on another number of ranks: DeepSpeed re-partitions a universal checkpoint
+            self.resume_from = self.ckpts.universal(self.resume_from)
+            self.acc.state.deepspeed_plugin.deepspeed_config["checkpoint"] = {"load_universal": True}
         set_seed(cfg.train.seed)
         self.device = self.acc.device
         model, tok, pooling, append_eos = load_trainable(

@@ -198,6 +198,27 @@ def save_head(head: nn.Module, path: str | Path, extra: dict | None = None) -> P
     return path
 
 
+def _check_against_manifest(path: Path) -> None:
+    """A head inside a run folder (``<run>/models/<setting>/<method>.safetensors``) or a stage
+    export is checked against the ``manifest.json`` written with it, when there is one."""
+    from .cache import file_table_problem
+
+    for root in list(path.resolve().parents)[:3]:
+        manifest = root / "manifest.json"
+        if not manifest.is_file():
+            continue
+        try:
+            listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            continue  # not ours
+        rel = str(path.resolve().relative_to(root))
+        if rel in listed:
+            problem = file_table_problem(root, {rel: listed[rel]})
+            if problem:
+                raise SmecError(f"{path}: does not match {manifest}: {problem}")
+            return
+
+
 def load_head(path: str | Path) -> nn.Module:
     """Load a head saved by :func:`save_head` (no pickle: safetensors only)."""
     from safetensors import safe_open
@@ -205,6 +226,7 @@ def load_head(path: str | Path) -> nn.Module:
     path = Path(path)
     if not path.exists():
         raise SmecError(f"{path}: no such head file")
+    _check_against_manifest(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -517,6 +517,27 @@ def test_compress_with_a_trained_head(first_run, encoded, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy", "y.npy"]  # no temp file left
 
 
+def test_run_manifest_lists_heads_and_reports_and_catches_a_damaged_head(first_run, tmp_path, capsys):
+    import shutil
+
+    assert first_run["rc"] == 0, first_run["stderr"]
+    listed = json.loads((first_run["out"] / "manifest.json").read_text())["files"]
+    assert {"config.yaml", "results.json", "report.md", "plot.png", "models/supervised/smec.safetensors"} <= set(listed)
+    run = tmp_path / "run"
+    shutil.copytree(first_run["out"], run)
+    head = run / "models" / "supervised" / "smec.safetensors"
+    data = bytearray(head.read_bytes())
+    data[-1] ^= 0xFF
+    head.write_bytes(bytes(data))
+    np.save(tmp_path / "x.npy", np.ones((2, FULL_DIM), np.float32))
+    rc = main(["compress", "--head", str(head), "--input", str(tmp_path / "x.npy"), "--dim", "16",
+               "--output", str(tmp_path / "y.npy")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert f"{head}: does not match {run / 'manifest.json'}" in err and "sha256 differs" in err
+    assert not (tmp_path / "y.npy").exists()
+
+
 def test_compress_missing_head(tmp_path, capsys):
     src, dst = tmp_path / "x.npy", tmp_path / "y.npy"
     np.save(src, np.ones((3, FULL_DIM), dtype=np.float32))

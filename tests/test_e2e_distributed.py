@@ -224,7 +224,7 @@ def test_accelerate_launch(launcher, data_dir, tmp_path):
 
 def test_resume_on_another_number_of_processes(data_dir, tmp_path):
     """DDP: a checkpoint written by one process resumes on two (weights and optimizer are whole
-    in it); under ZeRO the optimizer states are per rank, so 2 -> 1 is a one-line error."""
+    in it); ZeRO-2 written by two resumes on one through a DeepSpeed universal checkpoint."""
     one = tmp_path / "one"
     common = ["e2e.backbone=full", "e2e.checkpoint_every=4", "e2e.keep_checkpoints=10"]
     run([sys.executable, *train_args(data_dir, one, *common)])
@@ -238,15 +238,35 @@ def test_resume_on_another_number_of_processes(data_dir, tmp_path):
     assert log["losses"][:4] == json.loads((one / "train_log.json").read_text())["losses"][:4]
     assert all(torch.isfinite(torch.tensor(log["losses"])))
 
-    zero = tmp_path / "zero2"
-    run(torchrun(*train_args(data_dir, zero, *BACKENDS["zero2"], "e2e.steps_per_stage=4", "e2e.checkpoint_every=0")))
-    proc = subprocess.run([sys.executable, *train_args(data_dir, zero, *BACKENDS["zero2"], "e2e.steps_per_stage=4",
-                                                        "e2e.checkpoint_every=0"), "--resume", "auto"],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    err = proc.stderr.strip().splitlines()[-1]
-    assert err.startswith("smec: error: ") and "written by 2 process(es) under DeepSpeed ZeRO-2" in err
-    assert "this run has 1" in err and "resume with 2 processes" in err
+    # ZeRO-2 written by 2 ranks, resumed by 1: through a DeepSpeed universal checkpoint
+    zero, again = tmp_path / "zero2", tmp_path / "zero2-on-1"
+    zargs = [*BACKENDS["zero2"], "e2e.steps_per_stage=4", "e2e.checkpoint_every=2", "e2e.keep_checkpoints=10"]
+    run(torchrun(*train_args(data_dir, zero, *zargs)))
+    (again / "checkpoints").mkdir(parents=True)
+    shutil.copytree(zero / "checkpoints" / "step-00000004", again / "checkpoints" / "step-00000004")
+    probe = run(torchrun("tests/scripts/universal_probe.py", str(zero / "checkpoints" / "step-00000004"),
+                         *train_args(data_dir, again, *zargs)[1:], "e2e.resume=auto", nproc=1))
+    assert "max abs difference 0 over" in probe.stdout  # the loaded weights are the checkpoint's, exactly
+    proc = run(torchrun(*train_args(data_dir, again, *zargs), "--resume", "auto", nproc=1))
+    assert "resuming through a DeepSpeed universal checkpoint" in proc.stderr
+    log = json.loads((again / "train_log.json").read_text())
+    assert log["world_size"] == 1 and len(log["losses"]) == 8
+    assert log["losses"][:4] == json.loads((zero / "train_log.json").read_text())["losses"][:4]
+    assert all(torch.isfinite(torch.tensor(log["losses"])))
+
+
+def test_zero3_on_another_number_of_processes_is_refused(tmp_path):
+    from smec_dist.checkpoint import MARKER, Checkpoints
+    from smec_dist.errors import SmecError
+
+    folder = tmp_path / "step-00000004"
+    folder.mkdir()
+    (folder / MARKER).write_text(json.dumps({"fingerprint": {}, "global_step": 4, "stage": 1, "step_in_stage": 4,
+                                             "topology": {"world_size": 2, "zero_stage": 3}}))
+    with pytest.raises(SmecError, match="written by 2 process\\(es\\) under DeepSpeed ZeRO-3, this run has 1"):
+        Checkpoints(tmp_path, {}, topology={"world_size": 1, "zero_stage": 3}).resolve("auto")
+    with pytest.raises(SmecError, match="resume with the same e2e.deepspeed"):
+        Checkpoints(tmp_path, {}, topology={"world_size": 2, "zero_stage": None}).resolve("auto")
 
 
 @pytest.mark.parametrize("mode", ["crash", "hang"])
