@@ -82,6 +82,30 @@ def file_table(folder: Path, rels: Sequence[str]) -> dict:
     return {rel: {"size": (folder / rel).stat().st_size, "sha256": file_sha256(folder / rel)} for rel in rels}
 
 
+FILE_MANIFEST = "manifest.json"  # of stage exports and adapter-mode runs: {"files": file_table}
+
+
+def write_file_manifest(folder: Path, rels: Sequence[str]) -> Path:
+    """``<folder>/manifest.json`` with the :func:`file_table` of ``rels``, written atomically."""
+    path = Path(folder) / FILE_MANIFEST
+    _atomic_write(path, _json_bytes({"files": file_table(Path(folder), list(rels))}))
+    return path
+
+
+def read_file_manifest(folder: Path) -> dict | None:
+    """The file table of ``<folder>/manifest.json`` (``None``: there is none)."""
+    path = Path(folder) / FILE_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        listed = json.loads(path.read_text(encoding="utf-8"))["files"]
+        if not isinstance(listed, dict):
+            raise TypeError("files is not a mapping")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SmecError(f"{path}: not a valid file manifest ({type(exc).__name__})") from exc
+    return listed
+
+
 def file_table_problem(folder: Path, listed: Mapping, hashes: Callable[[], Mapping] | None = None) -> str | None:
     """What differs between the files under ``folder`` and a :func:`file_table` (``None``: all
     intact): a missing file or a wrong size first (cheap), then a sha256 (``hashes`` computes

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from . import dist
 from .backbone import Encoder, check_backbone_mode, load_trainable, model_width
-from .cache import file_table
+from .cache import write_file_manifest
 from .checkpoint import Checkpoints, StopRequest
 from .config import Config, dump_config
 from .data import load_beir
@@ -49,8 +49,6 @@ from .tracking import Tracker, flatten
 from .trainer import Phase, Positives, Samples, Task, Trainer, _lr_factor, _some, objective, smec_phases
 
 log = logging.getLogger(__name__)
-
-EXPORT_MANIFEST = "manifest.json"
 
 # ---------------------------------------------------------------------------------- data
 
@@ -604,9 +602,7 @@ class E2EJob:
                 "append_eos": self.append_eos, "max_length": self.cfg.model.max_length,
                 "query_instruction": e2e.query_instruction, "doc_instruction": e2e.doc_instruction,
                 "dims": self.cfg.run.dims[:index + 1], "full_dim": self.encoder.dim}, indent=1), encoding="utf-8")
-            files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-            (tmp / EXPORT_MANIFEST).write_text(json.dumps({"files": file_table(tmp, files)}, indent=1),
-                                               encoding="utf-8")
+            write_file_manifest(tmp, sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             log.info("stage %d exported to %s", index + 1, final)

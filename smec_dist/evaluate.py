@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import dist
 from .backbone import Encoder, load_encoder, resolve_device, resolve_model
-from .cache import build_cache, file_table_problem, load_cache
+from .cache import build_cache, file_table_problem, load_cache, read_file_manifest
 from .config import Config
 from .data import load_beir
 from .data.download import ensure_dataset
@@ -94,15 +94,10 @@ class SmecModel:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise SmecError(f"{meta_path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
-        manifest = stage / "manifest.json"
-        if manifest.is_file():  # exports before checksums have none
-            try:
-                listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise SmecError(f"{manifest}: not a valid export manifest ({type(exc).__name__})") from exc
-            problem = file_table_problem(stage, listed)
-            if problem:
-                raise SmecError(f"{stage}: damaged export: {problem}")
+        listed = read_file_manifest(stage)  # exports before checksums have none
+        problem = file_table_problem(stage, listed) if listed is not None else None
+        if problem:
+            raise SmecError(f"{stage}: damaged export: {problem}")
         backbone = stage / "backbone"
         torch_dtype = getattr(torch, dtype)
         if (backbone / "adapter_config.json").is_file():
@@ -187,7 +182,7 @@ def _files_identity(folder: Path) -> str:
     """Name + size + mtime of every file of an export: a re-export gets new embeddings."""
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.parent.name != "eval" and "eval" not in p.relative_to(folder).parts:
+        if p.is_file() and "eval" not in p.relative_to(folder).parts:
             st = p.stat()
             h.update(f"{p.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return f"{folder.resolve()}@{h.hexdigest()[:16]}"

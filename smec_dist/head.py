@@ -201,21 +201,18 @@ def save_head(head: nn.Module, path: str | Path, extra: dict | None = None) -> P
 def _check_against_manifest(path: Path) -> None:
     """A head inside a run folder (``<run>/models/<setting>/<method>.safetensors``) or a stage
     export is checked against the ``manifest.json`` written with it, when there is one."""
-    from .cache import file_table_problem
+    from .cache import FILE_MANIFEST, file_table_problem, read_file_manifest
 
     for root in list(path.resolve().parents)[:3]:
-        manifest = root / "manifest.json"
-        if not manifest.is_file():
-            continue
         try:
-            listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            continue  # not ours
+            listed = read_file_manifest(root)
+        except SmecError:
+            continue  # some other manifest.json, not ours
         rel = str(path.resolve().relative_to(root))
-        if rel in listed:
+        if listed is not None and rel in listed:
             problem = file_table_problem(root, {rel: listed[rel]})
             if problem:
-                raise SmecError(f"{path}: does not match {manifest}: {problem}")
+                raise SmecError(f"{path}: does not match {root / FILE_MANIFEST}: {problem}")
             return
 
 

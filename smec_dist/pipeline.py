@@ -7,9 +7,7 @@ save (heads, results.json, report.md, plot.png) -> cleanup.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +18,8 @@ import torch.nn.functional as F
 
 from . import dist
 from .backbone import load_encoder, model_width, resolve_pooling
-from .cache import MANIFEST, build_cache, check_complete_cache, file_table, ids_sha256, is_complete, load_cache
+from .cache import (MANIFEST, build_cache, check_complete_cache, ids_sha256, is_complete, load_cache,
+                    write_file_manifest)
 from .config import Config, dump_config
 from .data import ensure_dataset, eval_qrels, load_beir, load_query_file, select_anchor_queries
 from .errors import SmecError
@@ -249,19 +248,12 @@ class Job:
         return paths
 
 
-RUN_MANIFEST = "manifest.json"
-
-
 def write_run_manifest(out: Path) -> Path:
     """``<out>/manifest.json``: size and sha256 of the config, the report files and every head,
-    written last (atomically); :func:`smec_dist.head.load_head` checks a head against it."""
+    written last; :func:`smec_dist.head.load_head` checks a head against it."""
     files = [p for p in ("config.yaml", "results.json", "report.md", "plot.png") if (out / p).is_file()]
     files += sorted(str(p.relative_to(out)) for p in (out / "models").rglob("*.safetensors"))
-    path = out / RUN_MANIFEST
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"files": file_table(out, files)}, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_file_manifest(out, files)
 
 
 def _mean_over_seeds(per_seed: list[dict]) -> dict:
