@@ -2,6 +2,9 @@
 
     smec run      [--config F] [section.key=value ...]   encode + train + evaluate + report
     smec encode   [--config F] [section.key=value ...]   only the embedding cache (sharded under accelerate launch)
+    smec compare  [--config F] [--methods M,...] [--output DIR] [k=v ...]
+                                                          every method (SMEC, curriculum MRL, MRL, single
+                                                          resolution, PCA, truncation, BM25) in one report
     smec compress --head H --input X.npy --dim d --output Y.npy
     smec download NAME --data-dir DIR                     fetch a public BEIR dataset
     smec config   [--config F] [section.key=value ...]   print the resolved config
@@ -9,6 +12,17 @@
     smec eval     [--stage DIR | --head H ...] [--mteb TASK ...] [--config F] [k=v ...]
                                                           metrics per method and dim (sharded under accelerate launch)
     smec plan     --model M --gpus N --zero Z --mode MODE [...]  per-GPU memory of a training setup
+    smec adapters --output DIR [--domains D,...] [--sequence A,B,C,A] [--capacity K] [--steps N] [--lr F]
+                                                          domain shift: per-domain LoRA in an LRU AdapterCache
+                                                          vs one shared adapter
+    smec prepare  msmarco --output DIR (--source DIR | --download) [--max-train-samples N ...]
+                                                          MS MARCO -> BEIR folder + triplets
+    smec prepare  wikipedia --output DIR (--source FILE | --download [--lang L --dump-date D | --url U])
+                                                          Wikipedia -> passage corpus + pairs
+    smec toy      --output DIR [--docs N] [--queries N] [--topics N] [--seed S]   a toy BEIR set for smoke runs
+    smec store build --corpus corpus.jsonl --output corpus.sqlite     an on-disk (SQLite) passage store
+    smec rerank   --candidates FILE --dataset D [--head H --dim d] [--store S] [--output run.tsv]
+                                                          re-rank a first stage's top-k with dense embeddings
 
 Errors caused by input print one line (``smec: error: ...``) and exit with status 2.
 """
@@ -58,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     _config_args(sub.add_parser("run", help="encode, train SMEC and baselines, evaluate, write the report"))
     _config_args(sub.add_parser("encode", help="build the embedding cache (resumable, sharded over ranks)"))
+    cmp = sub.add_parser("compare", help="run a chosen set of methods on one dataset: one results.json, report.md, plot")
+    _config_args(cmp)
+    cmp.add_argument("--methods", help=f"comma list (default {','.join(COMPARE_METHODS)})")
+    cmp.add_argument("--output", help="folder for the report (default: <run.output_dir>-compare)")
     _config_args(sub.add_parser("config", help="print the resolved config"))
     t = sub.add_parser("train", help="end-to-end: train the backbone (full/LoRA/QLoRA) with the SMEC head")
     _config_args(t)
@@ -84,7 +102,95 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name")
     d.add_argument("--data-dir", required=True)
     _plan_args(sub.add_parser("plan", help="per-GPU memory of training on an LLM backbone (no GPU needed)"))
+    ad = sub.add_parser("adapters", help="domain shift A->B->C->A: per-domain LoRA adapters in an LRU AdapterCache "
+                                         "vs one shared adapter")
+    ad.add_argument("--output", required=True, help="folder for results.json, report.md and adapters/<domain>/")
+    ad.add_argument("--domains", default="scifact,cranfield,stsb", help="the domains A, B, C ... (comma list)")
+    ad.add_argument("--sequence", default="A,B,C,A", help="visits, as letters or domain names")
+    ad.add_argument("--capacity", type=int, default=2, help="K: adapters loaded at once")
+    ad.add_argument("--steps", type=int, default=20, help="training steps per new adapter")
+    ad.add_argument("--lr", type=float, default=1e-3)
+    ad.add_argument("--batch-size", type=int, default=16, help="pairs per step (in-batch negatives)")
+    ad.add_argument("--lora-r", type=int, default=8)
+    ad.add_argument("--model", default="minilm")
+    ad.add_argument("--scifact-docs", type=int, default=500, help="random SciFact docs added to the judged ones")
+    ad.add_argument("--data-dir", help="holds scifact/, cranfield/, stsb/ (default $SMEC_DATA_DIR)")
+    ad.add_argument("--no-progress", action="store_true")
+    prep = sub.add_parser("prepare", help="training data from MS MARCO (BEIR folder + triplets) or Wikipedia")
+    prep_sub = prep.add_subparsers(dest="dataset", required=True)
+    pm = prep_sub.add_parser("msmarco", help="MS MARCO passage ranking -> BEIR folder + query/positive/negatives")
+    pm.add_argument("--output", required=True, help="the folder to create (absent or empty)")
+    pm_src = pm.add_mutually_exclusive_group(required=True)
+    pm_src.add_argument("--source", help="folder with collection.tsv, queries.train.tsv, qrels.train.tsv "
+                                         "[, qidpidtriples.train.full.2.tsv or top1000.train.tsv] (or .gz)")
+    pm_src.add_argument("--download", action="store_true", help="fetch collection, queries, qrels (needs a network)")
+    pm.add_argument("--base-url", help="download from here instead (default: the official MS MARCO site)")
+    pm.add_argument("--max-train-samples", type=int, help="at most this many training queries (triplets)")
+    pm.add_argument("--split-ratio", type=float, default=1.0, help="fraction of the queries to use (default 1)")
+    pm.add_argument("--negatives", type=int, default=4, help="negatives per triplet (default 4)")
+    pm.add_argument("--dev-fraction", type=float, default=0.05, help="queries held out as dev (default 0.05)")
+    pm.add_argument("--seed", type=int, default=0)
+    pw = prep_sub.add_parser("wikipedia", help="Wikipedia -> passage corpus + pairs for unsupervised training")
+    pw.add_argument("--output", required=True, help="the folder to create (absent or empty)")
+    pw_src = pw.add_mutually_exclusive_group(required=True)
+    pw_src.add_argument("--source", help="a wikimedia/wikipedia .parquet shard (or folder of them), .jsonl, "
+                                         "or a pages-articles .xml / .xml.bz2 dump")
+    pw_src.add_argument("--download", action="store_true", help="fetch wikimedia/wikipedia shards (needs a network)")
+    pw.add_argument("--lang", default="en", help="language code for --download (default en)")
+    pw.add_argument("--dump-date", default="20231101", help="dump date for --download (default 20231101)")
+    pw.add_argument("--url", help="with --download: fetch this file instead (.parquet, .jsonl, .xml[.bz2])")
+    pw.add_argument("--num-passages", type=int, default=100_000, help="stop after N passages (default 100000; 0: all)")
+    pw.add_argument("--min-words", type=int, default=32, help="fewest words per passage (default 32)")
+    pw.add_argument("--max-words", type=int, default=128, help="most words per passage (default 128)")
+    pw.add_argument("--no-pairs", action="store_true", help="do not write pairs.jsonl")
+    pw.add_argument("--seed", type=int, default=0)
+    ty = sub.add_parser("toy", help="write a deterministic toy BEIR dataset (smoke runs)")
+    ty.add_argument("--output", required=True, help="the dataset folder to create")
+    ty.add_argument("--docs", type=int, default=200, help="documents (default 200)")
+    ty.add_argument("--queries", type=int, default=40, help="queries, split over train and test (default 40)")
+    ty.add_argument("--topics", type=int, default=8, help="topics, at most 16 (default 8)")
+    ty.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    st = sub.add_parser("store", help="on-disk passage stores for corpora too large for memory")
+    st_sub = st.add_subparsers(dest="store_command", required=True)
+    sb = st_sub.add_parser("build", help="stream a BEIR corpus.jsonl into a SQLite passage store")
+    sb.add_argument("--corpus", required=True, help="a BEIR corpus.jsonl")
+    sb.add_argument("--output", required=True, help="the .sqlite file to write (replaced when complete)")
+    rr = sub.add_parser("rerank", help="re-rank a first stage's candidates (TREC run, MS MARCO top1000, qid/pid)")
+    rr.add_argument("--candidates", required=True, help="TREC run, MS MARCO top1000 .tsv, or qid<TAB>pid file")
+    rr.add_argument("--dataset", required=True, help="a BEIR folder, or a dataset name under --data-dir")
+    rr.add_argument("--data-dir", help="where named datasets live (default: data.data_dir, $SMEC_DATA_DIR)")
+    rr.add_argument("--split", default="test", help="qrels split to evaluate when present (default test)")
+    rr.add_argument("--model", default="minilm", help="encoder: alias, folder or hub id (default minilm)")
+    rr.add_argument("--head", help="a trained head .safetensors to compress with (needs --dim)")
+    rr.add_argument("--dim", type=int, help="the head's output dim")
+    rr.add_argument("--store", help="passage texts from this SQLite store (smec store build) instead of the corpus")
+    rr.add_argument("--output", help="TREC run to write (default <candidates stem>.rerank.tsv here)")
+    rr.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch (default 64)")
+    rr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     return ap
+
+
+COMPARE_METHODS = ("full", "bm25", "truncation", "pca", "single", "mrl", "cmrl", "linear", "smec")
+COMPARE_K = (1, 3, 5, 10, 100)
+
+
+def compare_overrides(args, overrides: list[str]) -> list[str]:
+    """``smec compare``: the main job with every method, the metric suite at k = 1, 3, 5, 10,
+    100 and its own output folder (``--output``, else ``<run.output_dir>-compare``); explicit
+    ``k=v`` overrides win over these defaults."""
+    from .config import METHODS, load_config
+
+    methods = [m.strip() for m in (args.methods or ",".join(COMPARE_METHODS)).split(",") if m.strip()]
+    for m in methods:
+        if m not in METHODS:
+            raise SmecError(f"--methods: '{m}' is not one of {', '.join(METHODS)}")
+    if not methods:
+        raise SmecError("--methods: at least one method is needed")
+    base = load_config(args.config, overrides + ["run.k_values=[1]"])  # the plain run's folder and search depth
+    k_values = [k for k in COMPARE_K if k <= base.run.search_k]
+    first = [f"run.methods=[{','.join(methods)}]", f"run.k_values=[{','.join(map(str, k_values))}]",
+             f"run.output_dir={base.run.output_dir.rstrip('/')}-compare"]
+    return first + overrides + ([f"run.output_dir={args.output}"] if args.output else [])  # --output wins
 
 
 def _compress(args) -> None:
@@ -159,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "evaluate":
             args.command = "eval"
-        if args.command in ("run", "encode", "config", "train", "eval"):
+        if args.command in ("run", "encode", "config", "train", "eval", "compare"):
             from .config import load_config
 
             overrides = list(args.overrides)
+            if args.command == "compare":
+                overrides = compare_overrides(args, overrides)
             if getattr(args, "mteb", None):  # `--mteb TASK... k=v`: the overrides after the task names
                 overrides += [t for t in args.mteb if "=" in t]
                 args.mteb = [t for t in args.mteb if "=" not in t]
@@ -189,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 from .pipeline import encode
 
                 print(encode(cfg))
-            else:
+            else:  # run, compare
                 from .pipeline import run_job
 
                 run_job(cfg)
@@ -199,6 +307,26 @@ def main(argv: list[str] | None = None) -> int:
             from .data import download_beir
 
             print(download_beir(args.name, args.data_dir))
+        elif args.command == "toy":
+            from .data.toy import toy_command
+
+            print(toy_command(args))
+        elif args.command == "store":
+            from .data.store import store_command
+
+            print(store_command(args))
+        elif args.command == "rerank":
+            from .evaluation.rerank import rerank_command
+
+            print(rerank_command(args))
+        elif args.command == "prepare":
+            from .data.prepare import prepare_command
+
+            print(prepare_command(args))
+        elif args.command == "adapters":
+            from .domain_shift import adapters_command
+
+            print(adapters_command(args, argv))
         elif args.command == "plan":
             from .plan import plan_command
 

@@ -21,7 +21,9 @@ import yaml
 from .errors import SmecError
 
 SETTINGS = ("unsupervised-queries", "corpus-only", "supervised")
-METHODS = ("full", "bm25", "truncation", "pca", "mrl", "linear", "smec")
+METHODS = ("full", "bm25", "truncation", "pca", "mrl", "linear", "smec", "cmrl", "single")
+# what `smec run` computes unless run.methods says otherwise; `smec compare` adds cmrl and single
+DEFAULT_METHODS = ("full", "bm25", "truncation", "pca", "mrl", "linear", "smec")
 
 
 def _one_of(key: str, value, allowed) -> None:
@@ -97,6 +99,10 @@ class TrainConfig:
             (-1 all, 0 off), weighted by ``lookahead_weight``.
         ads_noise / ads_tau / ads_anneal: Gumbel noise scale, relaxed top-k temperature, and
             the fraction of a stage after which the selection is fixed.
+        curriculum_gamma: curriculum MRL's schedule strength: the target dim of a batch is
+            drawn with p(d) ∝ (d / d_max) ** (gamma (2 t - 1)) at progress t (0 = uniform).
+        consistency_weight: curriculum MRL's cross-dimension consistency weight λ; dim d
+            gets λ d_min / d.
         infonce_weight: weight of InfoNCE (the supervised setting sets it from
             ``run.supervised_infonce_weight``).
         nonfinite: on a NaN/inf loss, ``stop`` (a one-line error naming stage, step and
@@ -128,6 +134,8 @@ class TrainConfig:
     ads_anneal: float = 0.6
     pca_on_anchors: bool = True
     seed: int = 0
+    curriculum_gamma: float = 1.0
+    consistency_weight: float = 0.1
     nonfinite: str = "stop"  # a non-finite loss: stop (one-line error naming stage, step, batch) or skip the step
     max_skipped: int = 10  # skip mode: more skipped steps than this stop the run
 
@@ -137,7 +145,7 @@ class TrainConfig:
         for key in ("lr", "temperature", "infonce_temperature", "ads_tau", "ads_anneal"):
             _positive(f"train.{key}", getattr(self, key))
         for key in ("max_steps_per_phase", "ads_lr", "weight_decay", "hidden", "kl_weight", "high_weight",
-                    "pairwise_weight", "infonce_weight", "ads_noise"):
+                    "pairwise_weight", "infonce_weight", "ads_noise", "curriculum_gamma", "consistency_weight"):
             _positive(f"train.{key}", getattr(self, key), zero_ok=True)
         _one_of("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
         _one_of("train.nonfinite", self.nonfinite, ("stop", "skip"))
@@ -161,18 +169,20 @@ class RunConfig:
         max_anchors: a random subset of at most this many anchors per setting (0 = all).
         seeds: training seeds of the trained methods; metrics are averaged over them (with
             their standard deviation), and the first seed's heads are exported.
+        k_values: the cut-offs of the metric suite (nDCG, MRR, Recall, MAP, P at each k).
     """
 
     output_dir: str = "runs/scifact-minilm"
     dims: list[int] = field(default_factory=lambda: [192, 96, 48, 24])
     settings: list[str] = field(default_factory=lambda: list(SETTINGS))
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     anchors: str = "split:train"
     supervised_split: str = "train"
     supervised_infonce_weight: float = 1.0
     max_anchors: int = 1000
     seeds: list[int] = field(default_factory=lambda: [0])
     search_k: int = 100
+    k_values: list[int] = field(default_factory=lambda: [10, 100])
     progress: bool = True
 
     def __post_init__(self):
@@ -191,6 +201,11 @@ class RunConfig:
         if not self.seeds:
             raise SmecError("run.seeds: at least one seed is needed")
         _positive("run.search_k", self.search_k)
+        if not self.k_values or any(not isinstance(k, int) or k <= 0 for k in self.k_values):
+            raise SmecError(f"run.k_values: {self.k_values} must be positive integers")
+        if max(self.k_values) > self.search_k:
+            raise SmecError(f"run.k_values: {max(self.k_values)} is above run.search_k={self.search_k} "
+                            f"(the search keeps only that many documents per query)")
 
 
 BACKBONE_MODES = ("frozen", "full", "lora", "qlora")

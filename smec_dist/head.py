@@ -179,7 +179,66 @@ class MultiHead(nn.Module):
         return {"kind": self.kind, "full_dim": self.full_dim, "dims": self.dims, "hidden": self.hidden}
 
 
-HEADS = {"smec": SMECHead, "prefix": PrefixHead, "multi": MultiHead}
+class SingleHead(PrefixHead):
+    """The single-resolution ablation: one map trained at full width only, then truncated.
+
+    It starts from the backbone's own coordinates (identity), as a model fine-tuned without
+    any Matryoshka loss would, so its truncations show what a single-resolution model gives
+    when cut short."""
+
+    kind = "single"
+
+    def compress(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        if dim != self.full_dim and dim not in self.dims:
+            raise SmecError(f"dim {dim} is not one of this head's dims {self.dims}")
+        return F.normalize(self.transform(x)[:, :dim], dim=-1)
+
+
+class CurriculumHead(nn.Module):
+    """Curriculum MRL (DEMRL++): a shared full-width map, then for each dim d a learnable
+    projection and LayerNorm of its first d outputs.
+
+    ``z_d = normalize(LayerNorm_d(P_d · T(x)[:d]))``; ``P_d`` starts at the identity, so
+    training starts from the prefixes of ``T`` (PCA-initialised, like the MRL-style head).
+
+    References:
+        DEMRL++ plan (curriculum MRL, per-dim projection + LayerNorm);
+        Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022.
+    """
+
+    kind = "cmrl"
+
+    def __init__(self, full_dim: int, dims: list[int], hidden: int = 0):
+        super().__init__()
+        self.full_dim, self.dims, self.hidden = full_dim, list(dims), hidden
+        self.transform = Transform(full_dim, hidden)
+        self.proj = nn.ModuleDict({str(d): nn.Linear(d, d, bias=False) for d in self.dims})
+        self.norm = nn.ModuleDict({str(d): nn.LayerNorm(d) for d in self.dims})
+        with torch.no_grad():
+            for d in self.dims:
+                self.proj[str(d)].weight.copy_(torch.eye(d))
+
+    def full(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared map's full-width output (n, D), before normalisation."""
+        return self.transform(x)
+
+    def view(self, z: torch.Tensor, dim: int) -> torch.Tensor:
+        """The normalised dim-``dim`` embedding (n, dim) of the shared output ``z`` (n, D)."""
+        key = str(dim)
+        return F.normalize(self.norm[key](self.proj[key](z[:, :dim])), dim=-1)
+
+    def compress(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        if dim == self.full_dim:
+            return F.normalize(x, dim=-1)
+        if dim not in self.dims:
+            raise SmecError(f"dim {dim} is not one of this head's dims {self.dims}")
+        return self.view(self.transform(x), dim)
+
+    def layout(self) -> dict:
+        return {"kind": self.kind, "full_dim": self.full_dim, "dims": self.dims, "hidden": self.hidden}
+
+
+HEADS = {"smec": SMECHead, "prefix": PrefixHead, "multi": MultiHead, "single": SingleHead, "cmrl": CurriculumHead}
 
 
 def save_head(head: nn.Module, path: str | Path, extra: dict | None = None) -> Path:

@@ -25,8 +25,9 @@ from .data import ensure_dataset, eval_qrels, load_beir, load_query_file, select
 from .errors import SmecError
 from .evaluation.bm25 import bm25_run
 from .evaluation.metrics import evaluate_run
-from .evaluation.search import search_run
-from .head import MultiHead, PrefixHead, SMECHead, pca_basis, save_head
+from .evaluation.search import exact_search, to_run
+from .evaluation.sts import cosine_spearman
+from .head import CurriculumHead, MultiHead, PrefixHead, SingleHead, SMECHead, pca_basis, save_head
 from .report import print_table, write_report
 from .tracking import Tracker, flatten
 from .trainer import TrainSet, train_head
@@ -147,12 +148,21 @@ class Job:
         self.track_step = 0
 
     # -- run -----------------------------------------------------------------------------
+    retrieval = True  # a BEIR dataset (the STS job overrides)
+
     def evaluate(self, compress) -> dict:
+        """Metrics of one method at one dim, with the index's bytes per document (float32) and
+        the exact search's milliseconds per query (FAISS, flat inner product)."""
         with torch.no_grad():
             docs = compress(self.corpus).numpy()
             qs = compress(self.eval_q).numpy()
-        run = search_run(docs, self.doc_ids, qs, self.eval_qids, k=self.cfg.run.search_k)
-        return evaluate_run(self.qrels, run)
+        t = time.perf_counter()
+        scores, rows = exact_search(docs, qs, self.cfg.run.search_k)
+        seconds = time.perf_counter() - t
+        metrics = evaluate_run(self.qrels, to_run(self.eval_qids, self.doc_ids, scores, rows), self.cfg.run.k_values)
+        metrics["bytes/doc"] = float(docs.shape[1] * docs.dtype.itemsize)
+        metrics["ms/query"] = 1000.0 * seconds / max(1, len(qs))
+        return metrics
 
     def train_set(self, setting: str) -> tuple[TrainSet, dict]:
         cfg = self.cfg
@@ -189,10 +199,15 @@ class Job:
         if "pca" in methods:
             basis = pca_basis(self.corpus)  # (D, D) uncentred, fitted on the corpus
             fixed["pca"] = {str(d): self.evaluate(lambda x, d=d: F.normalize(x @ basis[:d].T, dim=-1)) for d in dims}
-        if "bm25" in methods:
+        if "bm25" in methods and not self.retrieval:
+            log.info("bm25 skipped: %s is not a retrieval dataset", self.ds.name)
+        elif "bm25" in methods:
             qtext = [self.ds.queries[q] for q in self.eval_qids]
+            t = time.perf_counter()
             run = bm25_run(self.doc_ids, self.ds.doc_texts(), self.eval_qids, qtext, k=cfg.run.search_k)
-            fixed["bm25"] = {"sparse": evaluate_run(self.qrels, run)}
+            seconds = time.perf_counter() - t
+            fixed["bm25"] = {"sparse": dict(evaluate_run(self.qrels, run, cfg.run.k_values),
+                                            **{"ms/query": 1000.0 * seconds / max(1, len(qtext))})}
         self.timings["untrained baselines"] = time.perf_counter() - t
 
         settings: dict[str, dict] = {}
@@ -204,8 +219,10 @@ class Job:
                 "smec": (lambda: SMECHead(D, dims, hidden=tcfg.hidden, tau=tcfg.ads_tau, noise=tcfg.ads_noise), "xbm"),
                 "mrl": (lambda: PrefixHead(D, dims, hidden=tcfg.hidden), "exact"),
                 "linear": (lambda: MultiHead(D, dims, hidden=tcfg.hidden), "exact"),
+                "cmrl": (lambda: CurriculumHead(D, dims, hidden=tcfg.hidden), "exact"),
+                "single": (lambda: SingleHead(D, dims, hidden=tcfg.hidden), "exact"),
             }
-            for method in ("linear", "mrl", "smec"):
+            for method in ("single", "linear", "mrl", "cmrl", "smec"):
                 if method not in methods:
                     continue
                 make, sampler = heads[method]
@@ -220,17 +237,21 @@ class Job:
                         save_head(head, self.out / "models" / setting / f"{method}.safetensors",
                                   extra={"setting": setting, "model": cfg.model.name, "dataset": self.ds.name,
                                          "seed": seed})
-                    per_seed.append({str(d): self.evaluate(lambda x, d=d: head.compress(x, d)) for d in dims})
+                    at = ([D] if method == "single" else []) + list(dims)  # single: its own full width too
+                    per_seed.append({str(d): self.evaluate(lambda x, d=d: head.compress(x, d)) for d in at})
                 self.timings[f"{setting}: train {method}"] = time.perf_counter() - t
                 settings[setting][method] = _mean_over_seeds(per_seed)
         return {
-            "meta": {"dataset": self.ds.name, "model": cfg.model.name, "full_dim": D, "dims": dims,
-                     "eval_split": cfg.data.eval_split, "n_queries": len(self.eval_qids),
-                     "n_docs": len(self.doc_ids), "anchors": cfg.run.anchors, "n_anchor_queries": len(self.anchor_emb),
-                     "seeds": list(cfg.run.seeds)},
+            "meta": self.meta(),
             "settings": settings,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
+
+    def meta(self) -> dict:
+        cfg = self.cfg
+        return {"dataset": self.ds.name, "model": cfg.model.name, "full_dim": self.full_dim, "dims": cfg.run.dims,
+                "eval_split": cfg.data.eval_split, "n_queries": len(self.eval_qids), "n_docs": len(self.doc_ids),
+                "anchors": cfg.run.anchors, "n_anchor_queries": len(self.anchor_emb), "seeds": list(cfg.run.seeds)}
 
     def _track(self, key: str, row: dict) -> None:
         # one W&B step counter for the whole job: every head's curve under its own key
@@ -246,6 +267,97 @@ class Job:
         paths = write_report(self.out, results)
         write_run_manifest(self.out)
         return paths
+
+
+def is_sts_folder(path: Path) -> bool:
+    """An STS-B style folder (``<split>.tsv`` sentence pairs), not a BEIR one."""
+    return not (path / "corpus.jsonl").exists() and any(path.glob("*.tsv"))
+
+
+class StsJob(Job):
+    """The main job on an STS dataset (STS-B): Spearman of cosine similarities per method and dim.
+
+    The train split's distinct sentences play the corpus: they are the anchors of the
+    ``corpus-only`` setting (unlabelled: each sentence's neighbourhood among them is
+    preserved) and the PCA basis; the ``supervised`` setting trains on the train pairs scored
+    at least ``STS_POSITIVE`` (first sentence -> second) with InfoNCE. Scores come from
+    ``data.eval_split`` (test).
+    """
+
+    retrieval = False
+    STS_POSITIVE = 4.0
+
+    def setup(self) -> None:
+        from types import SimpleNamespace
+
+        from .data import load_sts_dir
+
+        cfg = self.cfg
+        for stale in ("results.json", "report.md", "plot.png"):
+            (self.out / stale).unlink(missing_ok=True)
+        t = time.perf_counter()
+        root = ensure_dataset(cfg.data.dataset, cfg.data.data_dir)
+        if "unsupervised-queries" in cfg.run.settings:
+            raise SmecError(f"run.settings: 'unsupervised-queries' needs query texts; {root} is an STS dataset "
+                            f"(use corpus-only and supervised)")
+        train = load_sts_dir(root, "train")
+        self.pairs = load_sts_dir(root, cfg.data.eval_split)
+        width = model_width(cfg.model.name)
+        if cfg.run.dims[0] >= width:
+            raise SmecError(f"run.dims: {cfg.run.dims[0]} is not below the backbone width {width}")
+        texts = list(dict.fromkeys([p.s1 for p in train] + [p.s2 for p in train]
+                                   + [p.s1 for p in self.pairs] + [p.s2 for p in self.pairs]))
+        row = {x: i for i, x in enumerate(texts)}
+        ids = [f"s{i}" for i in range(len(texts))]
+        self.timings["load data"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        ds = SimpleNamespace(root=root, name=root.name)
+        cache_dir = encode(cfg, ds, {"sentences": (ids, texts)})
+        emb = F.normalize(torch.from_numpy(load_cache(cache_dir).embeddings("sentences")), dim=-1)  # (n, D)
+        self.timings["encode (cache)"] = time.perf_counter() - t
+        self.ds, self.full_dim = ds, emb.shape[1]
+        train_rows = sorted({row[p.s1] for p in train} | {row[p.s2] for p in train})
+        self.corpus = emb[train_rows]  # (n_train_sentences, D)
+        self.e1 = emb[[row[p.s1] for p in self.pairs]]
+        self.e2 = emb[[row[p.s2] for p in self.pairs]]
+        self.gold = np.array([p.score for p in self.pairs])
+        at = {r: i for i, r in enumerate(train_rows)}
+        good = [p for p in train if p.score >= self.STS_POSITIVE]
+        self.pos_anchor = emb[[row[p.s1] for p in good]]
+        self.pos_rows = [[at[row[p.s2]]] for p in good]
+        log.info("STS dataset %s: %d train sentences, %d train pairs (%d scored >= %.0f), %d %s pairs; width %d",
+                 root.name, len(train_rows), len(train), len(good), self.STS_POSITIVE, len(self.pairs),
+                 cfg.data.eval_split, self.full_dim)
+        t = cfg.track
+        self.tracker = Tracker(t.backend, self.out, cfg.to_dict(), t.project, t.name, t.mode, enabled=dist.is_main())
+        self.track_step = 0
+
+    def evaluate(self, compress) -> dict:
+        with torch.no_grad():
+            a, b = compress(self.e1), compress(self.e2)
+        return {"Spearman": cosine_spearman(a.numpy(), b.numpy(), self.gold),
+                "bytes/doc": float(a.shape[1] * 4)}
+
+    def train_set(self, setting: str) -> tuple[TrainSet, dict]:
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        if setting == "corpus-only":
+            anchors, anchor_doc, positives, overrides = self.corpus, torch.arange(len(self.corpus)), None, {}
+        else:
+            anchors, anchor_doc = self.pos_anchor, torch.full((len(self.pos_anchor),), -1)
+            positives, overrides = self.pos_rows, {"infonce_weight": cfg.run.supervised_infonce_weight}
+        if cfg.run.max_anchors and len(anchors) > cfg.run.max_anchors:
+            keep = torch.randperm(len(anchors), generator=gen)[: cfg.run.max_anchors].sort().values
+            anchors, anchor_doc = anchors[keep], anchor_doc[keep]
+            positives = [positives[i] for i in keep.tolist()] if positives is not None else None
+        return TrainSet(anchors, self.corpus, anchor_doc, positives), overrides
+
+    def meta(self) -> dict:
+        return {"dataset": self.ds.name, "model": self.cfg.model.name, "full_dim": self.full_dim,
+                "dims": self.cfg.run.dims, "eval_split": self.cfg.data.eval_split, "n_pairs": len(self.pairs),
+                "n_train_sentences": len(self.corpus), "seeds": list(self.cfg.run.seeds),
+                "metric": "Spearman", "metrics": ["Spearman"]}
 
 
 def write_run_manifest(out: Path) -> Path:
@@ -271,7 +383,8 @@ def _mean_over_seeds(per_seed: list[dict]) -> dict:
 
 def run_job(cfg: Config) -> dict:
     """setup -> run -> save; returns the results (rank 0 does the training and writing)."""
-    job = Job(cfg)
+    root = Path(cfg.data.dataset) if Path(cfg.data.dataset).is_dir() else Path(cfg.data.data_dir) / cfg.data.dataset
+    job = StsJob(cfg) if root.is_dir() and is_sts_folder(root) else Job(cfg)
     job.setup()
     if not dist.is_main():  # the cache is sharded over ranks; training a head is one process's work
         return {}
@@ -280,6 +393,6 @@ def run_job(cfg: Config) -> dict:
         paths = job.save(results)
     finally:
         job.tracker.finish()
-    print(print_table(results))
+    print(print_table(results, results["meta"].get("metric", "nDCG@10")))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return results

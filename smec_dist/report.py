@@ -29,7 +29,10 @@ HEADLINE: tuple[str, ...] = ("nDCG@10", "MRR@10", "Recall@100", "MAP@100")
 """Same as :data:`smec_dist.evaluation.metrics.HEADLINE`; repeated to keep this module light."""
 
 #: Methods in report order; anything else follows alphabetically.
-METHOD_ORDER: tuple[str, ...] = ("full", "bm25", "truncation", "pca", "mrl", "linear", "smec")
+METHOD_ORDER: tuple[str, ...] = ("full", "bm25", "truncation", "pca", "single", "mrl", "cmrl", "linear", "smec")
+
+#: Efficiency figures stored beside the metrics of each (method, dim).
+EFFICIENCY: tuple[str, ...] = ("bytes/doc", "ms/query")
 
 #: Methods drawn as horizontal reference lines, not curves, in the plot.
 REFERENCE_METHODS: tuple[str, ...] = ("full", "bm25")
@@ -267,8 +270,48 @@ def setting_table_markdown(results: Mapping[str, Any], setting: str, metric: str
     return _md_table(header, [[_method_label(m)] + row for m, row in cells.items()])
 
 
+def _long_metrics(results: Mapping[str, Any]) -> tuple[str, ...]:
+    """The metrics of the long tables: ``meta.metrics`` when given (STS: Spearman), else
+    :data:`HEADLINE` plus any other cut-offs the run computed (P@10, nDCG@1, ...)."""
+    if results["meta"].get("metrics"):
+        return tuple(results["meta"]["metrics"])
+    seen: list[str] = []
+    for methods in results["settings"].values():
+        for by_dim in methods.values():
+            for metrics in by_dim.values():
+                seen += [m for m in metrics if m not in seen and m not in EFFICIENCY and not m.endswith(" std")]
+    extra = [m for m in seen if m not in HEADLINE]
+    return HEADLINE + tuple(extra) if len(extra) <= 12 else HEADLINE
+
+
+def _cutoffs(results: Mapping[str, Any]) -> list[int]:
+    """The cut-offs k of the ``<metric>@k`` values a run computed, ascending."""
+    ks: set[int] = set()
+    for methods in results["settings"].values():
+        for by_dim in methods.values():
+            for metrics in by_dim.values():
+                ks.update(int(m.rsplit("@", 1)[1]) for m in metrics
+                          if "@" in m and m.rsplit("@", 1)[1].isdigit() and not m.endswith(" std"))
+    return sorted(ks)
+
+
+def suite_tables_markdown(results: Mapping[str, Any], setting: str) -> list[tuple[int, str]]:
+    """The whole metric suite of a setting, one table per cut-off k (nDCG, MRR, Recall, MAP, P
+    at k), for runs with more cut-offs than the long table can hold (``smec compare``)."""
+    families = ("nDCG", "MRR", "Recall", "MAP", "P")
+    rows_all = _method_dim_rows(results, setting)
+    out = []
+    for k in _cutoffs(results):
+        names = [f"{f}@{k}" for f in families]
+        rows = [[m, key] + [_fmt(metrics.get(n)) for n in names] for m, key, metrics in rows_all
+                if any(n in metrics for n in names)]
+        if rows:
+            out.append((k, _md_table(["Method", "Dim", *names], rows, align=["l", "l"] + ["r"] * len(names))))
+    return out
+
+
 def setting_long_table_markdown(results: Mapping[str, Any], setting: str) -> str:
-    """One setting's :data:`HEADLINE` metrics, one row per (method, dim).
+    """One setting's metrics (:func:`_long_metrics`), one row per (method, dim).
 
     Args:
         results: A validated results structure.
@@ -277,6 +320,14 @@ def setting_long_table_markdown(results: Mapping[str, Any], setting: str) -> str
     Returns:
         A markdown table with columns Method, Dim and the four headline metrics.
     """
+    names = _long_metrics(results)
+    rows = [[method, key] + [_fmt(metrics.get(name)) for name in names]
+            for method, key, metrics in _method_dim_rows(results, setting)]
+    return _md_table(["Method", "Dim", *names], rows, align=["l", "l"] + ["r"] * len(names))
+
+
+def _method_dim_rows(results: Mapping[str, Any], setting: str) -> list[tuple[str, str, Mapping[str, float]]]:
+    """(method, dim key, metrics) in report order: full/sparse first, then dims largest first."""
     full = str(results["meta"]["full_dim"])
     key_order = [full, SPARSE_KEY] + _compressed_dims(results)
     methods = results["settings"][setting]
@@ -284,9 +335,25 @@ def setting_long_table_markdown(results: Mapping[str, Any], setting: str) -> str
     for method in order_methods(methods):
         by_dim = methods[method]
         keys = [k for k in key_order if k in by_dim] + [k for k in by_dim if k not in key_order]
-        for key in keys:
-            rows.append([method, key] + [_fmt(by_dim[key].get(name)) for name in HEADLINE])
-    return _md_table(["Method", "Dim", *HEADLINE], rows, align=["l", "l"] + ["r"] * len(HEADLINE))
+        rows += [(method, key, by_dim[key]) for key in keys]
+    return rows
+
+
+def efficiency_table_markdown(results: Mapping[str, Any], setting: str, metric: str) -> str | None:
+    """Bytes per document of a float32 index and exact-search ms per query, beside ``metric``,
+    for every (method, dim) of a setting; None when the run measured neither."""
+    rows = []
+    for method, key, metrics in _method_dim_rows(results, setting):
+        if not any(name in metrics for name in EFFICIENCY):
+            continue
+        size = metrics.get("bytes/doc")
+        ms = metrics.get("ms/query")
+        rows.append([method, key, MISSING if size is None else f"{size:.0f}",
+                     MISSING if ms is None else f"{ms:.3f}", _fmt(metrics.get(metric))])
+    if not rows:
+        return None
+    return _md_table(["Method", "Dim", "bytes/doc", "search ms/query", metric], rows,
+                     align=["l", "l", "r", "r", "r"])
 
 
 def combined_table_markdown(results: Mapping[str, Any], metric: str = "nDCG@10") -> str:
@@ -324,7 +391,7 @@ def timings_table_markdown(results: Mapping[str, Any]) -> str:
     return _md_table(["Step", "Seconds"], rows)
 
 
-def report_markdown(results: Mapping[str, Any], headline_metric: str = "nDCG@10") -> str:
+def report_markdown(results: Mapping[str, Any], headline_metric: str | None = None) -> str:
     """The full ``report.md`` text.
 
     Args:
@@ -335,6 +402,7 @@ def report_markdown(results: Mapping[str, Any], headline_metric: str = "nDCG@10"
         Markdown text ending with a newline.
     """
     meta = results["meta"]
+    headline_metric = headline_metric or meta.get("metric", "nDCG@10")
     full = meta["full_dim"]
     out = [f"# SMEC compression results: {meta['dataset']} / {meta['model']}", ""]
     for key, value in meta.items():
@@ -349,9 +417,18 @@ def report_markdown(results: Mapping[str, Any], headline_metric: str = "nDCG@10"
     ]
     for setting in results["settings"]:
         out += [f"## Setting: {setting}", "", setting_table_markdown(results, setting, headline_metric), ""]
-        out += [f"### {setting}: all headline metrics", "", setting_long_table_markdown(results, setting), ""]
+        out += [f"### {setting}: all metrics", "", setting_long_table_markdown(results, setting), ""]
+        if not results["meta"].get("metrics") and len(_cutoffs(results)) > 2:  # the metric suite of smec compare
+            for k, table in suite_tables_markdown(results, setting):
+                out += [f"#### {setting}: metrics at k = {k}", "", table, ""]
+        eff = efficiency_table_markdown(results, setting, headline_metric)
+        if eff:
+            out += [f"### {setting}: index size and search time", "",
+                    "bytes/doc: a float32 index (dim x 4); search ms/query: exact FAISS inner-product "
+                    "search of the eval queries, one process (BM25: scoring with bm25s, index build included).",
+                    "", eff, ""]
     if results["settings"]:
-        out += ["## nDCG@10 by setting", "", combined_table_markdown(results, "nDCG@10"), ""]
+        out += [f"## {headline_metric} by setting", "", combined_table_markdown(results, headline_metric), ""]
     if results.get("timings"):
         out += ["## Timings", "", timings_table_markdown(results), ""]
     return "\n".join(out).rstrip("\n") + "\n"
@@ -471,7 +548,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def write_report(
     out_dir: str | os.PathLike[str],
     results: Mapping[str, Any],
-    headline_metric: str = "nDCG@10",
+    headline_metric: str | None = None,
 ) -> dict[str, Path]:
     """Write ``results.json``, ``report.md`` and ``plot.png`` into ``out_dir``.
 
@@ -487,6 +564,7 @@ def write_report(
         SmecError: If the structure is invalid (naming the key) or a file cannot be written.
     """
     data = validate_results(_to_builtin(results))
+    headline_metric = headline_metric or data["meta"].get("metric", "nDCG@10")
     out = Path(out_dir)
     paths = {"results": out / "results.json", "report": out / "report.md", "plot": out / "plot.png"}
     try:

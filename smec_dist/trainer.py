@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .errors import SmecError
 
 from .config import TrainConfig
-from .head import MultiHead, PrefixHead, SMECHead, pca_basis
+from .head import CurriculumHead, MultiHead, PrefixHead, SingleHead, SMECHead, pca_basis
 from .losses import info_nce, listwise_kl, pairwise_mse
 from .ads import Masked
 from .memory import XBMQueue
@@ -118,7 +118,14 @@ class ExactSampler:
         return Samples(self.data.corpus[uniq], uniq, inverse, self.sims[idx])
 
 
-Student = Callable[[torch.Tensor], list[tuple[float, torch.Tensor]]]
+@dataclass
+class Penalty:
+    """A student output that is already a loss (a regulariser), added as is with its weight."""
+
+    value: torch.Tensor
+
+
+Student = Callable[[torch.Tensor], list[tuple[float, "torch.Tensor | Masked | Penalty"]]]
 
 
 @dataclass
@@ -164,6 +171,9 @@ def objective(student: Student, anchors: torch.Tensor, samples: Samples, pos: Po
         allowed[torch.arange(n), pos.labels] = True
     total = anchors.new_zeros(())
     for weight, out in student(stacked):
+        if isinstance(out, Penalty):
+            total = total + weight * out.value
+            continue
         emb, w = (out.normalized(), out.mask) if isinstance(out, Masked) else (out, None)
         qa, su, sp = emb[:n], emb[n:n + u], emb[n + u:]  # (n, d), (u, d), (m or 0, d)
         qw = qa if w is None else qa * w  # the mask enters each similarity once
@@ -263,6 +273,65 @@ def multi_phases(head: MultiHead, basis: Basis, cfg: TrainConfig) -> list[Phase]
     return phases
 
 
+def single_phases(head: SingleHead, basis: Basis, cfg: TrainConfig) -> list[Phase]:
+    """Single resolution: one map trained at full width only (evaluated truncated).
+
+    It starts from the backbone's coordinates (the identity), not from PCA: the ablation is
+    a model trained without any Matryoshka loss."""
+    phase = Phase(f"single:{head.full_dim}", [{"params": list(head.parameters()), "lr": cfg.lr}],
+                  lambda x: [(1.0, F.normalize(head(x), dim=-1))])
+    return [phase]
+
+
+def curriculum_probs(dims: list[int], frac: float, gamma: float) -> torch.Tensor:
+    """Curriculum MRL's target-dim distribution at training progress ``frac`` in [0, 1].
+
+    ``p(d) ∝ (d / max(dims)) ** (gamma * (2 frac - 1))``: biased towards the small dims early,
+    uniform at mid-training, biased towards the large dims late (``gamma = 0``: uniform
+    throughout).
+    """
+    d = torch.tensor(dims, dtype=torch.float64)
+    w = (d / d.max()) ** (gamma * (2.0 * min(max(frac, 0.0), 1.0) - 1.0))
+    return (w / w.sum()).float()
+
+
+def consistency_weights(dims: list[int], weight: float) -> dict[int, float]:
+    """λ_d of the cross-dimension consistency loss: ``weight * min(dims) / d``, decaying with d."""
+    return {d: weight * min(dims) / d for d in dims}
+
+
+def curriculum_phases(head: CurriculumHead, basis: Basis, cfg: TrainConfig) -> list[Phase]:
+    """Curriculum MRL (DEMRL++): one phase; every batch trains the task loss at ONE target dim
+    drawn from :func:`curriculum_probs`, plus the cross-dimension consistency loss
+
+        L_cons = Σ_d λ_d (1 - cos(pad(z_d), stop_grad(z_D)))
+
+    of every dim's embedding against the (stop-gradient) full-width output of the shared map.
+    The draws come from a generator seeded with ``train.seed`` (reproducible).
+    """
+    gen = torch.Generator().manual_seed(cfg.seed + 7919)
+    state = {"frac": 0.0}
+    lambdas = consistency_weights(head.dims, cfg.consistency_weight)
+
+    def student(x):
+        z = head.full(x)  # (m, D)
+        probs = curriculum_probs(head.dims, state["frac"], cfg.curriculum_gamma)
+        d = head.dims[int(torch.multinomial(probs, 1, generator=gen))]
+        out = [(1.0, head.view(z, d))]
+        if cfg.consistency_weight:
+            target = F.normalize(z.detach(), dim=-1)  # (m, D) stop-gradient full embedding
+            cons = sum(lam * (1.0 - (head.view(z, dd) * target[:, :dd]).sum(-1)).mean()
+                       for dd, lam in lambdas.items())
+            out.append((1.0, Penalty(cons)))
+        return out
+
+    phase = Phase("cmrl:" + "/".join(map(str, head.dims)), [{"params": list(head.parameters()), "lr": cfg.lr}],
+                  student)
+    phase.start = lambda: head.transform.linear.weight.data.copy_(pca_basis(basis()))
+    phase.progress = lambda frac: state.update(frac=frac)
+    return [phase]
+
+
 def _lr_factor(step: int, steps: int, schedule: str, warmup: int = 0) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
@@ -272,7 +341,8 @@ def _lr_factor(step: int, steps: int, schedule: str, warmup: int = 0) -> float:
     return 1.0
 
 
-PHASES = {SMECHead: smec_phases, PrefixHead: prefix_phases, MultiHead: multi_phases}
+PHASES = {SMECHead: smec_phases, PrefixHead: prefix_phases, MultiHead: multi_phases, SingleHead: single_phases,
+          CurriculumHead: curriculum_phases}
 
 
 class Task:

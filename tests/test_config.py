@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from smec_dist.config import (
+    DEFAULT_METHODS,
     METHODS,
     SETTINGS,
     CacheConfig,
@@ -84,7 +85,7 @@ def test_shipped_config_states_its_launch_command(path: Path):
 def test_defaults_are_valid_and_complete():
     cfg = load_config()
     assert cfg == Config()
-    assert cfg.run.settings == list(SETTINGS) and cfg.run.methods == list(METHODS)
+    assert cfg.run.settings == list(SETTINGS) and cfg.run.methods == list(DEFAULT_METHODS)
     assert cfg.run.dims == sorted(cfg.run.dims, reverse=True)
     assert set(cfg.to_dict()) == {"data", "model", "cache", "run", "train", "e2e", "track"}
     assert isinstance(cfg.data, DataConfig) and isinstance(cfg.model, ModelConfig)
@@ -112,7 +113,7 @@ def test_parse_overrides_nests_dotted_keys_and_parses_yaml_values():
 
 
 def test_overrides_merge_on_top_of_file(tmp_path):
-    path = write(tmp_path, "train:\n  epochs: 7\n  lr: 0.01\nrun:\n  dims: [64, 32]\n  search_k: 50\n")
+    path = write(tmp_path, "train:\n  epochs: 7\n  lr: 0.01\nrun:\n  dims: [64, 32]\n  search_k: 50\n  k_values: [10, 50]\n")
     cfg = load_config(path, ["train.epochs=3", "run.dims=[48,24,12]", "model.max_length=128"])
     assert cfg.train.epochs == 3  # override wins
     assert cfg.train.lr == 0.01  # sibling key from the file survives the nested merge

@@ -197,3 +197,37 @@ def test_headline_matches_metrics_module() -> None:
     from smec_dist.evaluation.metrics import HEADLINE as METRICS_HEADLINE
 
     assert HEADLINE == METRICS_HEADLINE
+
+
+def test_efficiency_and_metric_suite_tables(tmp_path: Path) -> None:
+    from smec_dist.report import efficiency_table_markdown, report_markdown, suite_tables_markdown
+
+    results = _results()
+    suite = {f"{f}@{k}": 0.5 for k in (1, 3, 5, 10, 100) for f in ("nDCG", "MRR", "Recall", "MAP", "P")}
+    for method, by_dim in results["settings"]["unsupervised-queries"].items():
+        for dim, metrics in by_dim.items():
+            metrics.update(suite)
+            if dim != "sparse":
+                metrics.update({"bytes/doc": 4.0 * int(dim), "ms/query": 0.25})
+    eff = efficiency_table_markdown(results, "unsupervised-queries", "nDCG@10")
+    assert "| smec | 96 | 384 | 0.250 | 0.500 |" in eff
+    assert "| bm25 |" not in eff  # it measured neither figure here
+    assert efficiency_table_markdown(results, "corpus-only", "nDCG@10") is None
+    tables = dict(suite_tables_markdown(results, "unsupervised-queries"))
+    assert list(tables) == [1, 3, 5, 10, 100]
+    assert "| Method | Dim | nDCG@1 | MRR@1 | Recall@1 | MAP@1 | P@1 |" in tables[1]
+    text = report_markdown(results)
+    assert "### unsupervised-queries: index size and search time" in text
+    assert "#### unsupervised-queries: metrics at k = 3" in text
+    assert "ms/query" not in text.split("### unsupervised-queries: all metrics")[1].split("###")[0]
+
+
+def test_sts_results_use_their_own_metric(tmp_path: Path) -> None:
+    results = {"meta": {"dataset": "stsb", "model": "minilm", "full_dim": 384, "dims": [96, 48],
+                        "metric": "Spearman", "metrics": ["Spearman"]},
+               "settings": {"corpus-only": {"full": {"384": {"Spearman": 0.82}},
+                                            "mrl": {"96": {"Spearman": 0.81}, "48": {"Spearman": 0.78}}}}}
+    paths = write_report(tmp_path, results)
+    text = paths["report"].read_text()
+    assert "Cells are Spearman" in text and "## Spearman by setting" in text
+    assert "| mrl | 96 | 0.810 |" in text and "nDCG@10" not in text
