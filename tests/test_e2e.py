@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -357,13 +358,24 @@ def test_evaluate_something_that_is_not_an_export(tmp_path, capsys):
 def _wandb_records(run_dir: Path) -> tuple[list[dict], dict]:
     """History rows and the final summary of an offline W&B run, read from its .wandb log
     (a LevelDB-style record log of protobuf ``Record`` messages; wandb 0.31 has no reader)."""
+    (path,) = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    # wandb's finish() can return before its writer process has written the last records (seen
+    # under load: the final history rows were missing when read at once); read when complete
+    deadline = time.monotonic() + 120
+    while True:
+        history, summary, done = _parse_wandb(path)
+        if done or time.monotonic() > deadline:
+            return history, summary
+        time.sleep(0.5)
+
+
+def _parse_wandb(path):
     import struct
 
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     data, pos, block, buf = path.read_bytes(), 7, 32768, b""
-    history, summary = [], {}
+    history, summary, done = [], {}, False
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
@@ -379,7 +391,9 @@ def _wandb_records(run_dir: Path) -> tuple[list[dict], dict]:
                 history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
             elif rec.WhichOneof("record_type") == "summary":
                 summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.summary.update})
-    return history, summary
+            elif rec.WhichOneof("record_type") == "exit":
+                done = True  # the run's last record
+    return history, summary, done
 
 
 def test_wandb_offline_run_holds_per_stage_metrics(data_dir, tmp_path):
@@ -431,3 +445,4 @@ def test_tracking_switched_off_writes_nothing(data_dir, tmp_path):
     out = tmp_path / "out"
     assert main(args(data_dir, out, "track.backend=none")) == 0
     assert not (out / "wandb").exists() and not (out / "tensorboard").exists()
+
