@@ -77,6 +77,16 @@ def encode(cfg: Config, ds=None, extra_texts: dict[str, tuple[list[str], list[st
     return cache_dir
 
 
+def _subsample(data: TrainSet, max_anchors: int, gen: torch.Generator) -> TrainSet:
+    """At most ``max_anchors`` anchors (``run.max_anchors``; 0 keeps all), drawn with ``gen``,
+    kept in their order with their corpus rows and positives."""
+    if not max_anchors or len(data.anchors) <= max_anchors:
+        return data
+    keep = torch.randperm(len(data.anchors), generator=gen)[:max_anchors].sort().values
+    positives = [data.positives[i] for i in keep.tolist()] if data.positives is not None else None
+    return TrainSet(data.anchors[keep], data.corpus, data.anchor_doc[keep], positives)
+
+
 def _rows(ids: list[str], wanted: list[str]) -> np.ndarray:
     pos = {x: i for i, x in enumerate(ids)}
     return np.array([pos[w] for w in wanted], dtype=np.int64)
@@ -181,11 +191,7 @@ class Job:
             positives = [[dpos[d] for d, s in self.ds.qrels[split][q].items() if s > 0] for q in qids]
             anchors, anchor_doc = self.queries[_rows(self.query_ids, qids)], torch.full((len(qids),), -1)
             overrides["infonce_weight"] = cfg.run.supervised_infonce_weight
-        if cfg.run.max_anchors and len(anchors) > cfg.run.max_anchors:
-            keep = torch.randperm(len(anchors), generator=gen)[: cfg.run.max_anchors].sort().values
-            anchors, anchor_doc = anchors[keep], anchor_doc[keep]
-            positives = [positives[i] for i in keep.tolist()] if positives is not None else None
-        return TrainSet(anchors, self.corpus, anchor_doc, positives), overrides
+        return _subsample(TrainSet(anchors, self.corpus, anchor_doc, positives), cfg.run.max_anchors, gen), overrides
 
     def run(self) -> dict:
         cfg, dims, D = self.cfg, self.cfg.run.dims, self.full_dim
@@ -347,11 +353,7 @@ class StsJob(Job):
         else:
             anchors, anchor_doc = self.pos_anchor, torch.full((len(self.pos_anchor),), -1)
             positives, overrides = self.pos_rows, {"infonce_weight": cfg.run.supervised_infonce_weight}
-        if cfg.run.max_anchors and len(anchors) > cfg.run.max_anchors:
-            keep = torch.randperm(len(anchors), generator=gen)[: cfg.run.max_anchors].sort().values
-            anchors, anchor_doc = anchors[keep], anchor_doc[keep]
-            positives = [positives[i] for i in keep.tolist()] if positives is not None else None
-        return TrainSet(anchors, self.corpus, anchor_doc, positives), overrides
+        return _subsample(TrainSet(anchors, self.corpus, anchor_doc, positives), cfg.run.max_anchors, gen), overrides
 
     def meta(self) -> dict:
         return {"dataset": self.ds.name, "model": self.cfg.model.name, "full_dim": self.full_dim,

@@ -200,3 +200,16 @@ def test_sts_job_refuses_the_query_setting(data_dir, tmp_path, capsys):
                "data.dataset=sts-tiny", f"run.output_dir={tmp_path / 'o'}", "run.settings=[unsupervised-queries]"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "STS dataset" in err[0]
+
+
+def test_subsample_keeps_anchor_rows_and_positives_aligned():
+    from smec_dist.pipeline import _subsample
+
+    data = TrainSet(torch.arange(10.0)[:, None].repeat(1, 3), torch.zeros(4, 3), torch.arange(10),
+                    [[i] for i in range(10)])
+    assert _subsample(data, 0, torch.Generator()) is data and _subsample(data, 10, torch.Generator()) is data
+    a = _subsample(data, 4, torch.Generator().manual_seed(0))
+    b = _subsample(data, 4, torch.Generator().manual_seed(0))
+    rows = a.anchor_doc.tolist()
+    assert len(rows) == 4 and rows == sorted(rows) and rows == b.anchor_doc.tolist()
+    assert a.anchors[:, 0].tolist() == [float(r) for r in rows] and a.positives == [[r] for r in rows]
