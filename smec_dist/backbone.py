@@ -158,17 +158,23 @@ class Encoder:
     def dim(self) -> int:
         return self.width or int(self.model.config.hidden_size)
 
-    def tokenize(self, texts: Sequence[str]) -> dict:
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Truncated token ids of each text, unpadded (EOS appended when ``append_eos``)."""
         texts = list(texts)
         if self.append_eos and self.tokenizer.eos_token:
             # decoder LLMs: the last token sees the whole text only if it is a real token
             # we put there; truncate first so the EOS survives truncation.
-            enc = self.tokenizer(texts, add_special_tokens=True, truncation=True,
-                                 max_length=self.max_length - 1)
-            ids = [x + [self.tokenizer.eos_token_id] for x in enc["input_ids"]]
-            return self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                              return_tensors="pt")
+            ids = self.tokenizer(texts, add_special_tokens=True, truncation=True,
+                                 max_length=self.max_length - 1)["input_ids"]
+            return [x + [self.tokenizer.eos_token_id] for x in ids]
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+
+    def pad(self, ids: Sequence[list[int]]) -> dict:
+        """A batch of :meth:`token_ids` padded to its longest: ``input_ids`` and ``attention_mask``."""
+        return self.tokenizer.pad({"input_ids": list(ids)}, padding=True, return_tensors="pt")
+
+    def tokenize(self, texts: Sequence[str]) -> dict:
+        return self.pad(self.token_ids(texts))
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Pooled embeddings for a tokenized batch; differentiable (used by end-to-end mode)."""
@@ -182,21 +188,33 @@ class Encoder:
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True,
-               desc: str = "encode") -> np.ndarray:
-        """Encode texts in length-sorted batches; returns float32 (n, dim) in input order."""
+               desc: str = "encode", chunk_batches: int = 64) -> np.ndarray:
+        """Encode texts in length-sorted batches; returns float32 (n, dim) in input order.
+
+        Texts are put longest first by characters (an OOM shows in the first batch), then
+        tokenized once per chunk of ``chunk_batches`` batches and re-sorted inside the chunk by
+        token count, so each batch pads to little more than its own texts (characters order
+        tokens only roughly: on SciFact the token sort pads about 4% fewer tokens at batch 64).
+        Chunks bound the memory the token ids take on a large corpus.
+        """
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: OOM shows early
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        chunk = batch_size * max(1, chunk_batches)
         was_training = self.model.training
         self.model.eval()
         bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, mininterval=2.0)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            emb = self.forward(self.tokenize([texts[i] for i in idx]))
-            out[idx] = emb.float().cpu().numpy()
-            bar.update(len(idx))
+        for first in range(0, len(texts), chunk):
+            idx = order[first:first + chunk]
+            ids = self.token_ids([texts[i] for i in idx])
+            perm = np.argsort([-len(x) for x in ids], kind="stable")
+            ids, by_tokens = [ids[j] for j in perm], idx[perm]
+            for start in range(0, len(idx), batch_size):
+                emb = self.forward(self.pad(ids[start:start + batch_size]))
+                out[by_tokens[start:start + batch_size]] = emb.float().cpu().numpy()
+                bar.update(len(emb))
         bar.close()
         self.model.train(was_training)
         return out
@@ -277,6 +295,8 @@ def load_encoder(model: str, pooling: str | None = None, normalize: bool = True,
         raise SmecError(f"model '{model}' could not be loaded from {path}: {str(exc).splitlines()[0]}") from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if getattr(net.config, "use_cache", False):
+        net.config.use_cache = False  # a frozen encoder never generates: no KV cache to fill per forward
     net.to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
