@@ -1,40 +1,32 @@
 """End-to-end training throughput: our trainer (``smec train``) against sentence-transformers'.
 
-Four runs, each in a fresh subprocess, on the same model, data, batch, sequence length and
+Three runs, each in a fresh subprocess, on the same model, data, batch, sequence length and
 number of steps (CPU, fp32):
 
     ours-1       ``E2EJob`` (the code behind ``smec train``), 1 process
-    ours-1-trainmode  the same with the backbone put in train mode by this harness (dropout on,
-                 as in theirs): what ours would run once the trainer calls ``model.train()``
     ours-2       ours-1 under ``torchrun --standalone --nproc_per_node 2`` (gloo DDP), same
-                 per-device batch (in train mode: see below)
+                 per-device batch
     theirs-1     ``SentenceTransformerTrainer`` with ``MatryoshkaLoss(MultipleNegativesRankingLoss)``
 
     python bench/e2e_throughput.py                                   # MiniLM, SciFact train, batch 16, 64 tokens
+    python bench/e2e_throughput.py --steps-per-stage 15 --repeats 2  # BENCHMARKS.md (about 9 min on 2 idle cores)
     python bench/e2e_throughput.py --backbone lora --steps-per-stage 20
     python bench/e2e_throughput.py --batch 4 --max-length 32 --steps-per-stage 4 --warmup 1   # smoke
 
 What each trainer does per step (the comparison is of trainers, not of identical losses):
-    * ours: one backbone forward over the b queries AND b positives together (one tokenizer
-      call, so queries are padded to the longest document), the SMEC head of the current
-      stage (ADS selection + stage transform), top-k hard samples from the S-XBM queue, and
-      InfoNCE + listwise KL at every width of the stage plus InfoNCE at full width; the
-      backbone's AdamW (clipping 1.0) and the head's Adam.
+    * ours: one backbone forward for the b queries and one for their b positives (each batch
+      padded to its own longest), the SMEC head of the current stage (ADS selection + stage
+      transform), top-k hard samples from the S-XBM queue, and InfoNCE + listwise KL at every
+      width of the stage plus InfoNCE at full width; the backbone's fused AdamW (clipping 1.0)
+      and the head's Adam.
     * theirs: one forward for the anchors and one for the positives (tokenized per column,
       each padded to its own longest), in-batch MultipleNegativesRankingLoss at each
-      Matryoshka dim (full width + our stage dims) over one cached embedding; AdamW.
-    Both train the full backbone (``--backbone full``; ``lora`` trains LoRA in ours only, so
-    that ratio is not like for like).
-    * ours, as shipped, trains a full backbone on one process without DeepSpeed in EVAL mode
-      (``from_pretrained`` returns it so and nothing calls ``train()``): dropout is off (MiniLM
-      has 0.1) and gradient checkpointing is inactive. With a wrapper (DDP, a DeepSpeed engine,
-      a PEFT model) the first probe's ``eval_mode`` restores the wrapper's True flag
-      recursively, so those runs train in train mode. ``ours-1-trainmode`` is therefore the
-      like-for-like partner of theirs-1 and of ours-2.
-    * ours' backbone AdamW runs torch's single-tensor loop on CPU (no ``foreach``/``fused``);
-      theirs uses the fused AdamW kernel.
-    * the harness freezes the BERT pooler (see ``load_without_pooler``): without it ours
-      crashes under DDP at the second step.
+      Matryoshka dim (full width + our stage dims) over one cached embedding; fused AdamW.
+    theirs-1 replays the batches ours-1 drew, in the same order (one pass, in sequence), so
+    step i of both feeds the same texts and the per-step CPU-time ratio is paired.
+    Both train the full backbone in training mode, dropout on (``--backbone full``; ``lora``
+    trains LoRA in ours only, so that ratio is not like for like). The JSON records each
+    run's dropout state during its first timed step.
 
 How it is timed: model loading, the data set, stage set-up (each stage's PCA basis encoding
 and probe loss) and stage-end exports/checkpoints are outside the timed region. Every
@@ -72,9 +64,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-#: run name -> (worker, processes, backbone put in train mode by the harness)
-RUNS = {"ours-1": ("ours", 1, False), "ours-1-trainmode": ("ours", 1, True), "ours-2": ("ours", 2, False),
-        "theirs-1": ("theirs", 1, False)}
+#: run name -> (worker, processes)
+RUNS = {"ours-1": ("ours", 1), "ours-2": ("ours", 2), "theirs-1": ("theirs", 1)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,10 +86,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "CPU, more threads than free cores make OpenMP threads spin against each other "
                         "(measured on 2 loaded cores: 4.8 s vs 1.1 s a MiniLM step)")
     p.add_argument("--runs", default=",".join(RUNS), help=f"which of {', '.join(RUNS)}")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the list this many times, in reverse order every other time (ours, theirs, "
+                        "theirs, ours, ...); figures are medians over the steps of all repeats")
     p.add_argument("--json-out", default=str(ROOT / "bench" / "results" / "e2e_throughput.json"))
     p.add_argument("--worker", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
-    p.add_argument("--train-mode", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--batches", help=argparse.SUPPRESS)  # theirs: a JSON list of steps of [query, doc] pairs
     args = p.parse_args(argv)
     args.dim_list = [int(d) for d in args.dims.split(",") if d]
     return args
@@ -154,7 +148,33 @@ class StepClock:
                 "tokens_per_s": sps * real_per_pair, "padded_tokens_per_s": sps * padded_per_pair,
                 # CPU seconds this process spent per step: with one thread per process, much less
                 # sensitive than wall time to other jobs on a shared machine (all ranks counted alike)
-                "cpu_ms_per_step_median": 1000 * cpu, "samples_per_cpu_s": pairs_per_step / (processes * cpu)}
+                "cpu_ms_per_step_median": 1000 * cpu, "samples_per_cpu_s": pairs_per_step / (processes * cpu),
+                "cpu_ms_all": [round(1000 * t, 1) for t in self.step_times(warmup, clock=2)]}
+
+
+def pool_repeats(reps: list[dict]) -> dict:
+    """One run's repeats as one: medians over every timed step of every repeat (each step's
+    batch differs in length, so more steps, not more decimals, make the median hold)."""
+    if len(reps) == 1:
+        return reps[0]
+    first = reps[0]
+    wall = [t for r in reps for t in r["step_ms_all"]]
+    cpu = [t for r in reps for t in r["cpu_ms_all"]]
+    med, cpu_med = statistics.median(wall) / 1000, statistics.median(cpu) / 1000
+    real = statistics.fmean(r["real_tokens_per_pair"] for r in reps)
+    padded = statistics.fmean(r["padded_tokens_per_pair"] for r in reps)
+    sps = first["pairs_per_step"] / med
+    pooled = dict(first)
+    pooled.update(steps_total=sum(r["steps_total"] for r in reps), steps_timed=len(wall),
+                  step_ms_median=1000 * med, step_ms_mean=statistics.fmean(wall), step_ms_all=wall,
+                  cpu_ms_all=cpu, cpu_ms_per_step_median=1000 * cpu_med, samples_per_s=sps,
+                  samples_per_cpu_s=first["pairs_per_step"] / (first["world_size"] * cpu_med),
+                  real_tokens_per_pair=real, padded_tokens_per_pair=padded, tokens_per_s=sps * real,
+                  padded_tokens_per_s=sps * padded, wall_s=sum(r["wall_s"] for r in reps),
+                  repeats=len(reps), samples_per_s_each=[r["samples_per_s"] for r in reps],
+                  samples_per_cpu_s_each=[r["samples_per_cpu_s"] for r in reps],
+                  dropout_active=all(r["dropout_active"] for r in reps))
+    return pooled
 
 
 # ------------------------------------------------------------------------------ workers
@@ -168,20 +188,6 @@ def run_ours(args) -> dict:
     from smec_dist import dist
     from smec_dist.config import load_config
 
-    load_trainable = e2e_module.load_trainable
-
-    def load_without_pooler(*a, **kw):
-        """Workaround, harness only: a BERT-family ``AutoModel`` carries a pooler whose output
-        the trainer never reads (it pools ``last_hidden_state``), so under DDP its parameters
-        get no gradient and DDP stops at the second step ("Expected to have finished reduction
-        in the prior iteration ..."). Freeze it, as a fix in ``load_trainable`` would."""
-        net, *rest = load_trainable(*a, **kw)
-        for name, p in net.named_parameters():
-            if ".pooler." in f".{name}":
-                p.requires_grad_(False)
-        return (net, *rest)
-
-    e2e_module.load_trainable = load_without_pooler
     out = Path(args.worker_out).with_suffix(".run")
     cfg = load_config(None, [
         f"data.data_dir={args.data_dir}", f"data.dataset={args.dataset}", f"model.name={args.model}",
@@ -195,14 +201,11 @@ def run_ours(args) -> dict:
     t0 = time.perf_counter()
     job.setup()
     setup_s = time.perf_counter() - t0
-    if args.train_mode:
-        # what a fix would do: the trainer leaves a full backbone in eval mode (from_pretrained's),
-        # so dropout is off and gradient checkpointing is inactive; theirs trains in train mode
-        job.model.train()
     # instrument the harness, not the model: count the tokens of training batches only
     task, encoder, log_fn = job.task, job.encoder, job.trainer.log_fn
     tokenize, loss = encoder.tokenize, task.loss
     state = {"in_loss": False}
+    batches: list[list[list[int]]] = []
 
     def counting_tokenize(texts):
         batch = tokenize(texts)
@@ -215,9 +218,12 @@ def run_ours(args) -> dict:
             clock.dropout = dropout_active(encoder.model)
         state["in_loss"] = True
         try:
-            return loss(phase, step)
+            value = loss(phase, step)
         finally:
             state["in_loss"] = False
+        _, picks = task._pending  # this step's (query, positive) pairs, every rank's
+        batches.append([[int(q), int(d)] for q, d in zip(task._last_batch.tolist(), picks.tolist())])
+        return value
 
     def timed_log(row):
         clock.tick(row["phase_index"])
@@ -230,7 +236,7 @@ def run_ours(args) -> dict:
     finally:
         job.cleanup()
     res = clock.summary(args.warmup, task.global_batch, dist.world_size())
-    res.update(trainer="ours", dropout_active=clock.dropout, world_size=dist.world_size(),
+    res.update(trainer="ours", batches=batches, dropout_active=clock.dropout, world_size=dist.world_size(),
                threads=torch.get_num_threads(), setup_s=setup_s,
                run_s=time.perf_counter() - t0, loss_first=result["losses"][0], loss_last=result["losses"][-1],
                parameters=job.n_params, trainable_parameters=job.n_trainable)
@@ -252,8 +258,15 @@ def run_theirs(args) -> dict:
     from smec_dist.e2e import load_pairs
 
     pairs = load_pairs(load_beir(ensure_dataset(args.dataset, args.data_dir)), "train")
-    ds = Dataset.from_dict({"anchor": pairs.query_texts,
-                            "positive": [pairs.doc_texts[p[0]] for p in pairs.positives]})
+    if args.batches:
+        # ours' own batches, in ours' order: the same texts (and padding) in every step
+        steps = json.loads(Path(args.batches).read_text(encoding="utf-8"))
+        rows = [pair for step in steps for pair in step]
+        ds = Dataset.from_dict({"anchor": [pairs.query_texts[q] for q, _ in rows],
+                                "positive": [pairs.doc_texts[d] for _, d in rows]})
+    else:
+        ds = Dataset.from_dict({"anchor": pairs.query_texts,
+                                "positive": [pairs.doc_texts[p[0]] for p in pairs.positives]})
     t0 = time.perf_counter()
     model = SentenceTransformer(str(resolve_model(args.model)), device="cpu")
     model.max_seq_length = args.max_length
@@ -275,7 +288,13 @@ def run_theirs(args) -> dict:
         max_steps=steps, learning_rate=args.lr, warmup_steps=0, lr_scheduler_type="constant", max_grad_norm=1.0,
         save_strategy="no", eval_strategy="no", report_to="none", logging_steps=10**6, disable_tqdm=True,
         use_cpu=True, dataloader_drop_last=True, seed=0)
-    trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds, loss=loss, callbacks=[Clock()])
+    class InOrder(SentenceTransformerTrainer):
+        def get_batch_sampler(self, dataset, batch_size, drop_last, *a, **kw):
+            return torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(range(len(dataset))),
+                                                 batch_size, drop_last)
+
+    trainer = (InOrder if args.batches else SentenceTransformerTrainer)(
+        model=model, args=targs, train_dataset=ds, loss=loss, callbacks=[Clock()])
     class CountingCollator:
         """The trainer's collator (its attributes are read by the trainer), counting tokens."""
 
@@ -321,12 +340,14 @@ def worker(args) -> None:
 def launch(args, name: str, tmp: Path) -> dict:
     """One run in a fresh subprocess (its own imports, threads and memory)."""
     out = tmp / f"{name}.json"
-    kind, nproc, train_mode = RUNS[name]
+    kind, nproc = RUNS[name]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), WANDB_MODE="disabled")
     env.pop("ACCELERATE_USE_CPU", None)  # the trainer decides (see smec_dist.e2e.E2EJob.setup)
-    script = [str(Path(__file__).resolve()), "--worker", kind, "--worker-out", str(out),
-              *(["--train-mode"] if train_mode else [])]
+    script = [str(Path(__file__).resolve()), "--worker", kind, "--worker-out", str(out)]
+    batches = tmp / "ours-1-batches.json"
+    if kind == "theirs" and batches.exists():
+        script += ["--batches", str(batches)]
     passed = [f"--model={args.model}", f"--data-dir={args.data_dir}", f"--dataset={args.dataset}",
               f"--backbone={args.backbone}", f"--dims={args.dims}", f"--batch={args.batch}",
               f"--max-length={args.max_length}", f"--steps-per-stage={args.steps_per_stage}",
@@ -341,6 +362,10 @@ def launch(args, name: str, tmp: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     res = json.loads(out.read_text(encoding="utf-8"))
+    if name == "ours-1" and not batches.exists():
+        batches.write_text(json.dumps(res["batches"]), encoding="utf-8")
+    res["same_batches_as_ours_1"] = name == "ours-1" or (kind == "theirs" and "--batches" in script)
+    res.pop("batches", None)
     res.update(run=name, wall_s=time.perf_counter() - t0, command=" ".join(cmd[1:]))
     return res
 
@@ -368,11 +393,19 @@ def main(argv=None) -> dict:
     runs = {}
     load_before = list(os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="e2e_throughput_") as tmp:
-        for name in [r.strip() for r in args.runs.split(",") if r.strip()]:
+        names = [r.strip() for r in args.runs.split(",") if r.strip()]
+        for name in names:
             if name not in RUNS:
                 raise SystemExit(f"--runs: '{name}' is not one of {', '.join(RUNS)}")
-            print(f"running {name} ...", flush=True)
-            runs[name] = launch(args, name, Path(tmp))
+        if "ours-1" in names and "theirs-1" in names:  # theirs replays ours-1's batches: ours-1 goes first
+            names.remove("ours-1")
+            names.insert(0, "ours-1")
+        reps: dict[str, list[dict]] = {name: [] for name in names}
+        for rep in range(max(1, args.repeats)):
+            for name in (names if rep % 2 == 0 else names[::-1]):
+                print(f"running {name} (repeat {rep + 1}) ...", flush=True)
+                reps[name].append(launch(args, name, Path(tmp)))
+        runs = {name: pool_repeats(reps[name]) for name in names}
     ratios = {}
     if "ours-1" in runs and "theirs-1" in runs:
         ours, theirs = runs["ours-1"], runs["theirs-1"]
@@ -380,22 +413,18 @@ def main(argv=None) -> dict:
         ratios["ours/theirs tokens/s (1 process)"] = ours["tokens_per_s"] / theirs["tokens_per_s"]
         ratios["ours/theirs samples per CPU-second (1 process)"] = \
             ours["samples_per_cpu_s"] / theirs["samples_per_cpu_s"]
-    if "ours-1-trainmode" in runs and "theirs-1" in runs:
-        ratios["ours (train mode)/theirs samples/s (1 process)"] = \
-            runs["ours-1-trainmode"]["samples_per_s"] / runs["theirs-1"]["samples_per_s"]
-        ratios["ours (train mode)/theirs samples per CPU-second (1 process)"] = \
-            runs["ours-1-trainmode"]["samples_per_cpu_s"] / runs["theirs-1"]["samples_per_cpu_s"]
+        if theirs["same_batches_as_ours_1"] and len(ours["cpu_ms_all"]) == len(theirs["cpu_ms_all"]):
+            # step i of both fed the same texts: the median of per-step ratios is free of batch-length noise
+            ratios["ours/theirs speed, same batch step by step (median of theirs CPU ms / ours CPU ms)"] = \
+                statistics.median(t / o for o, t in zip(ours["cpu_ms_all"], theirs["cpu_ms_all"]))
     if "ours-1" in runs and "ours-2" in runs:
-        ratios["DDP 2 proc / 1 proc samples/s"] = runs["ours-2"]["samples_per_s"] / runs["ours-1"]["samples_per_s"]
-    if "ours-1-trainmode" in runs and "ours-2" in runs:  # both with dropout on: like for like
-        one, two = runs["ours-1-trainmode"], runs["ours-2"]
-        ratios["DDP 2 proc / 1 proc (train mode) samples/s"] = two["samples_per_s"] / one["samples_per_s"]
-        ratios["DDP 2 proc / 1 proc (train mode) samples per CPU-second"] = \
-            two["samples_per_cpu_s"] / one["samples_per_cpu_s"]
+        one, two = runs["ours-1"], runs["ours-2"]
+        ratios["DDP 2 proc / 1 proc samples/s"] = two["samples_per_s"] / one["samples_per_s"]
+        ratios["DDP 2 proc / 1 proc samples per CPU-second"] = two["samples_per_cpu_s"] / one["samples_per_cpu_s"]
     result = {"bench": "e2e_throughput", "model": args.model, "dataset": f"{args.dataset} train pairs",
               "backbone": args.backbone, "dims": args.dim_list, "batch_per_process": args.batch,
               "max_length": args.max_length, "steps_per_stage": args.steps_per_stage, "stages": len(args.dim_list),
-              "warmup": args.warmup, "precision": "fp32", "device": "cpu", "cpu_count": os.cpu_count(),
+              "warmup": args.warmup, "repeats": max(1, args.repeats), "precision": "fp32", "device": "cpu", "cpu_count": os.cpu_count(),
               "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
               "timing": "median interval between optimizer-step ends within a stage; model loading, stage set-up "
                         "and exports excluded",

@@ -310,6 +310,13 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
                    if isinstance(m, torch.nn.Linear) and name})
 
 
+def unused_modules(model: torch.nn.Module) -> list[str]:
+    """Top-level modules of a backbone whose output the pooled embedding never reads: the
+    pooler of BERT-family models (we pool ``last_hidden_state`` ourselves). Training never
+    touches them, so they stay frozen and get no LoRA."""
+    return [name for name, _ in model.named_children() if name == "pooler" and getattr(model, name) is not None]
+
+
 def check_backbone_mode(mode: str) -> None:
     """A training mode this machine cannot run is an error before anything loads."""
     if mode == "qlora" and not torch.cuda.is_available():
@@ -363,8 +370,13 @@ def load_trainable(model: str, mode: str, *, pooling: str | None = None, append_
         if missing:
             raise SmecError(f"e2e.lora_targets: {', '.join(missing)} not in model '{model}' "
                             f"(its linear modules: {', '.join(available)})")
-    for p in net.parameters():
-        p.requires_grad_(mode == "full")
+    if getattr(net.config, "use_cache", False):
+        net.config.use_cache = False  # training never generates: no KV cache per forward
+    unused = unused_modules(net)
+    for name, p in net.named_parameters():
+        # a module whose output the embedding never reads would get no gradient: DDP stops at
+        # the second step ("Expected to have finished reduction ...") if it is trainable
+        p.requires_grad_(mode == "full" and not name.startswith(tuple(f"{u}." for u in unused)))
     if gradient_checkpointing and mode != "frozen":
         enable = getattr(net, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
         if enable is not None:
@@ -379,6 +391,8 @@ def load_trainable(model: str, mode: str, *, pooling: str | None = None, append_
         from peft import LoraConfig, get_peft_model
 
         targets = "all-linear" if "all-linear" in lora_targets else list(lora_targets)
+        skip = [name for name, m in net.named_modules()
+                if isinstance(m, torch.nn.Linear) and name.startswith(tuple(f"{u}." for u in unused))]
         net = get_peft_model(net, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                             target_modules=targets, bias="none"))
+                                             target_modules=targets, exclude_modules=skip or None, bias="none"))
     return net, tok, pooling, append_eos

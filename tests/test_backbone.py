@@ -77,3 +77,21 @@ def test_smollm2_alias_dequantises_once_and_uses_last_token(tmp_path):
     assert (tmp_path / "smollm2-135m-instruct" / "model.safetensors").exists()
     x = enc.encode(["hello", "retrieval embeddings"], progress=False)
     assert x.shape == (2, 576)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_trainable_backbone_leaves_the_unused_pooler_frozen(mode):
+    # BERT's pooler is never read (we pool last_hidden_state): trainable, it would get no
+    # gradient and DDP would stop at the second step
+    from smec_dist.backbone import load_trainable, unused_modules
+
+    net, *_ = load_trainable("minilm", mode)
+    trainable = {name for name, p in net.named_parameters() if p.requires_grad}
+    assert trainable and not any(".pooler." in f".{name}" for name in trainable)
+    assert any("pooler" in name for name, _ in net.named_parameters())  # kept: exports keep the weights
+    if mode == "full":
+        assert len(trainable) == sum(1 for name, _ in net.named_parameters() if "pooler" not in name)
+    else:
+        assert all("lora_" in name for name in trainable)
+        assert any(".encoder.layer.0.output.dense.lora_A" in f".{name}" for name in trainable)
+    assert unused_modules(load_trainable("tiny-qwen2", "full")[0]) == []

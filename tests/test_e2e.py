@@ -140,6 +140,45 @@ def trained(data_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.parametrize("backbone, training", [("full", True), ("lora", True), ("frozen", False)])
+def test_backbone_trains_in_training_mode(backbone, training, data_dir, tmp_path):
+    # from_pretrained returns eval mode; a trained backbone must drop out and checkpoint as
+    # transformers does only in training mode, a frozen one must give deterministic embeddings
+    from smec_dist.config import load_config
+    from smec_dist.e2e import E2EJob
+
+    cfg = load_config(None, args(data_dir, tmp_path / "out", f"e2e.backbone={backbone}",
+                                 "e2e.gradient_checkpointing=true")[1:])
+    job = E2EJob(cfg)
+    try:
+        job.setup()
+        modes = {m.training for m in job.encoder.model.modules()}
+        assert modes == {training}
+        if backbone == "full":
+            assert job.engine.opt.defaults["fused"]  # torch's fused AdamW kernel on CPU
+    finally:
+        job.cleanup()
+
+
+def test_pairs_are_embedded_each_padded_to_its_own_longest(data_dir, tmp_path):
+    from smec_dist.config import load_config
+    from smec_dist.e2e import E2EJob
+
+    job = E2EJob(load_config(None, args(data_dir, tmp_path / "out", "e2e.backbone=lora",
+                                                  "model.max_length=256")[1:]))
+    try:
+        job.setup()
+        widths = []
+        tokenize = job.encoder.tokenize
+        job.encoder.tokenize = lambda texts: (lambda b: widths.append(b["input_ids"].shape) or b)(tokenize(texts))
+        queries, docs = torch.arange(4), torch.tensor([p[0] for p in job.pairs.positives[:4]])
+        q, d = job.task.embed_pairs(queries, docs)
+        assert q.shape == d.shape == (4, job.encoder.dim)
+        assert len(widths) == 2 and widths[0][1] < widths[1][1]  # short queries are not padded to the docs
+    finally:
+        job.cleanup()
+
+
 def test_one_process_run_writes_log_checkpoints_and_stage_exports(trained):
     log = json.loads((trained / "train_log.json").read_text())
     assert log["world_size"] == 1 and not log["deepspeed"] and len(log["losses"]) == 6

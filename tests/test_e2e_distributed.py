@@ -109,6 +109,25 @@ def test_smollm2_trains_end_to_end(backend, data_dir, tmp_path):
     _check_trained(out, backend != "ddp", stages=1)
 
 
+@pytest.mark.parametrize("backbone", ["full", "lora"])
+def test_bert_family_backbone_trains_under_ddp(backbone, data_dir, tmp_path):
+    # MiniLM's pooler is never read: were it trainable, DDP would stop at the second step
+    # ("Expected to have finished reduction in the prior iteration ...")
+    from smec_dist.backbone import resolve_model
+
+    out = tmp_path / backbone
+    run(torchrun(*train_args(data_dir, out, "model.name=minilm", "model.max_length=32", "run.dims=[96]",
+                             f"e2e.backbone={backbone}", "e2e.backbone_lr=1e-4", "e2e.steps_per_stage=3")))
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["world_size"] == 2 and len(log["losses"]) == 3 and all(torch.isfinite(torch.tensor(log["losses"])))
+    if backbone == "full":
+        before = load_file(Path(resolve_model("minilm")) / "model.safetensors")
+        after = load_file(out / "stages" / "stage1" / "backbone" / "model.safetensors")
+        assert torch.equal(before["pooler.dense.weight"], after["pooler.dense.weight"])  # frozen, kept
+        assert not torch.equal(before["encoder.layer.0.output.dense.weight"],
+                               after["encoder.layer.0.output.dense.weight"])  # trained
+
+
 @pytest.mark.parametrize("mode", ["grad", "grad-queue"])
 def test_two_rank_gradients_equal_one_process(mode, data_dir, tmp_path):
     """DDP over 2 ranks with gathered positives (and memory samples) gives the gradients of
