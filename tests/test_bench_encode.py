@@ -26,7 +26,7 @@ def test_minilm_tiny_run_writes_json_and_embeddings_agree(tmp_path, data_dir, ca
     # every real token is fed once per call on each side, padding on top
     assert row["padded_tokens"]["ours"] >= row["real_tokens"] and row["padded_tokens"]["theirs"] >= row["real_tokens"]
     assert len(row["ours_s"]) == len(row["theirs_s"]) == len(row["ours_cpu_s"]) == 1
-    for key in ("ours_docs_per_s", "theirs_docs_per_s", "ratio", "cpu_ratio"):
+    for key in ("ours_docs_per_s", "theirs_docs_per_s", "ratio", "paired_ratio", "cpu_ratio"):
         assert row[key] > 0
     assert row["max_abs_diff"] < 1e-4
     assert "ours/theirs" in capsys.readouterr().out
