@@ -45,7 +45,6 @@ idle cores, 10 while shared); SmolLM2 runs at about 2 docs/s on 2 idle cores. Wr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -58,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.common import print_results
 from smec_dist.errors import SmecError
 
 MODELS: tuple[str, ...] = ("minilm", "smollm2-135m")
@@ -234,15 +234,6 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def write_json(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench.encode", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -295,10 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "rows": rows,
         }
-        print()
-        print(format_table(results))
-        print(f"loadavg after: {', '.join(f'{x:.2f}' for x in results['meta']['loadavg_after'])}")
-        print(f"json: {write_json(results, args.json_out)}")
+        print_results(format_table(results), results, args.json_out)
     except SmecError as exc:
         print(f"bench.encode: error: {exc}", file=sys.stderr)
         return 2

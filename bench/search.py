@@ -41,7 +41,6 @@ Writes ``bench/results/search.json`` (``--json-out``) and ``bench/results/search
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -55,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.common import print_results
 from smec_dist.errors import SmecError
 from smec_dist.evaluation.metrics import evaluate_run
 from smec_dist.evaluation.search import to_run
@@ -372,16 +372,6 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join([line(header), *(line(r) for r in rows)])
 
 
-def write_json(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``results`` to ``path`` (folder created; written to a temp name, then renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def plot(results: Mapping[str, Any], path: str | os.PathLike, metric: str = PLOT_METRIC) -> Path:
     """``metric`` against bytes/doc (log2 x): colour = method, marker = code, points labelled by dim.
 
@@ -495,10 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"].update(dataset=ds.name, split=args.split, cache=str(args.cache),
                                loadavg_before=list(load_before), loadavg_after=list(os.getloadavg()),
                                cpus=os.cpu_count(), seconds=round(time.perf_counter() - t, 1))
-        print()
-        print(format_table(results))
-        print(f"loadavg after: {', '.join(f'{x:.2f}' for x in results['meta']['loadavg_after'])}")
-        print(f"json: {write_json(results, args.json_out)}")
+        print_results(format_table(results), results, args.json_out)
         print(f"plot: {plot(results, args.plot_out)}")
     except SmecError as exc:
         print(f"bench.search: error: {exc}", file=sys.stderr)

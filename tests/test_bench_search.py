@@ -22,8 +22,8 @@ from bench.search import (
     run_benchmark,
     search,
     sign_bits,
-    write_json,
 )
+from bench.common import write_json
 from smec_dist.errors import SmecError
 from smec_dist.evaluation.metrics import evaluate_run
 from smec_dist.evaluation.search import to_run
