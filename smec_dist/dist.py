@@ -73,8 +73,22 @@ def is_main() -> bool:
 
 
 def barrier() -> None:
-    if launched_distributed():
+    """Wait until every rank gets here.
+
+    Calls ``torch.distributed.barrier`` itself: Accelerate's ``wait_for_everyone`` does
+    nothing when its state says ``DistributedType.NO``, which is what ``accelerate launch
+    --multi_gpu`` on CPU gives a ``PartialState(backend="gloo")`` even though the process
+    group is up (found when rank 0 sealed an embedding cache before rank 1 had written its
+    last shard)."""
+    if not launched_distributed():
+        return
+    state()  # sets up the process group
+    if not _active():
         state().wait_for_everyone()
+    elif torch.cuda.is_available() and torch.distributed.get_backend() == "nccl":
+        torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        torch.distributed.barrier()
 
 
 def all_gather_object(obj) -> list:

@@ -27,7 +27,8 @@ def launch_eval(nproc: int, port: int, *args: str, timeout: int = 1800) -> subpr
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(port), str(ROOT / "launch" / "eval.py"), *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error:" in line.lower()]
+    assert proc.returncode == 0, "\n".join(errors[:5]) + "\n" + proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
 
@@ -65,3 +66,16 @@ def test_two_process_eval_equals_one_process_on_scifact_test(tmp_path):
     result = _same_result(tmp_path / "one", tmp_path / "two")
     full = result["metrics"]["full"]["384"]["nDCG@10"]
     print(f"SciFact test, MiniLM full width: nDCG@10 {full:.6f} with 1 and with 2 processes")
+
+
+@pytest.mark.distributed
+def test_barrier_waits_for_every_rank_under_accelerate_launch(tmp_path):
+    # accelerate launch on CPU gives PartialState DistributedType.NO, whose wait_for_everyone
+    # returns at once: rank 0 then sealed a cache before rank 1 had written its last shard
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "29553", str(ROOT / "tests" / "scripts" / "barrier_probe.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("seen") == 3
