@@ -295,8 +295,7 @@ def load_encoder(model: str, pooling: str | None = None, normalize: bool = True,
         raise SmecError(f"model '{model}' could not be loaded from {path}: {str(exc).splitlines()[0]}") from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if getattr(net.config, "use_cache", False):
-        net.config.use_cache = False  # a frozen encoder never generates: no KV cache to fill per forward
+    _no_kv_cache(net)
     net.to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -308,6 +307,12 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     """The distinct leaf names of the model's linear layers (what LoRA can target)."""
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
                    if isinstance(m, torch.nn.Linear) and name})
+
+
+def _no_kv_cache(net: torch.nn.Module) -> None:
+    """An embedding backbone never generates: no KV cache to fill on each forward."""
+    if getattr(net.config, "use_cache", False):
+        net.config.use_cache = False
 
 
 def unused_modules(model: torch.nn.Module) -> list[str]:
@@ -370,13 +375,12 @@ def load_trainable(model: str, mode: str, *, pooling: str | None = None, append_
         if missing:
             raise SmecError(f"e2e.lora_targets: {', '.join(missing)} not in model '{model}' "
                             f"(its linear modules: {', '.join(available)})")
-    if getattr(net.config, "use_cache", False):
-        net.config.use_cache = False  # training never generates: no KV cache per forward
-    unused = unused_modules(net)
+    _no_kv_cache(net)
+    unused = tuple(f"{name}." for name in unused_modules(net))
     for name, p in net.named_parameters():
         # a module whose output the embedding never reads would get no gradient: DDP stops at
         # the second step ("Expected to have finished reduction ...") if it is trainable
-        p.requires_grad_(mode == "full" and not name.startswith(tuple(f"{u}." for u in unused)))
+        p.requires_grad_(mode == "full" and not name.startswith(unused))
     if gradient_checkpointing and mode != "frozen":
         enable = getattr(net, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
         if enable is not None:
@@ -391,8 +395,7 @@ def load_trainable(model: str, mode: str, *, pooling: str | None = None, append_
         from peft import LoraConfig, get_peft_model
 
         targets = "all-linear" if "all-linear" in lora_targets else list(lora_targets)
-        skip = [name for name, m in net.named_modules()
-                if isinstance(m, torch.nn.Linear) and name.startswith(tuple(f"{u}." for u in unused))]
+        skip = [name for name, m in net.named_modules() if isinstance(m, torch.nn.Linear) and name.startswith(unused)]
         net = get_peft_model(net, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                              target_modules=targets, exclude_modules=skip or None, bias="none"))
     return net, tok, pooling, append_eos
