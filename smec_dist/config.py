@@ -166,6 +166,13 @@ class RunConfig:
         anchors: which query texts serve as unlabelled anchors: ``split:<name>``,
             ``file:<path>`` or ``holdout:<fraction>`` (a part of the eval split's queries,
             which are then left out of the scores).
+        supervised_infonce_weight: ``train.infonce_weight`` in the supervised setting.
+        corpus_only_temperature: ``train.temperature`` in the corpus-only setting of a
+            retrieval dataset. Document anchors give document-to-document neighbourhoods,
+            which only stand in for the query-to-document ones retrieval reads; a softer
+            target (the whole top of the list, not its first few) keeps what transfers.
+            0 = ``train.temperature``. (An STS job keeps ``train.temperature``: there the
+            sentence-to-sentence neighbourhoods are what is scored.)
         max_anchors: a random subset of at most this many anchors per setting (0 = all).
         seeds: training seeds of the trained methods; metrics are averaged over them (with
             their standard deviation), and the first seed's heads are exported.
@@ -179,6 +186,7 @@ class RunConfig:
     anchors: str = "split:train"
     supervised_split: str = "train"
     supervised_infonce_weight: float = 1.0
+    corpus_only_temperature: float = 0.05
     max_anchors: int = 1000
     seeds: list[int] = field(default_factory=lambda: [0])
     search_k: int = 100
@@ -198,6 +206,8 @@ class RunConfig:
         for m in self.methods:
             _one_of("run.methods", m, METHODS)
         _positive("run.max_anchors", self.max_anchors, zero_ok=True)
+        _positive("run.supervised_infonce_weight", self.supervised_infonce_weight, zero_ok=True)
+        _positive("run.corpus_only_temperature", self.corpus_only_temperature, zero_ok=True)
         if not self.seeds:
             raise SmecError("run.seeds: at least one seed is needed")
         _positive("run.search_k", self.search_k)

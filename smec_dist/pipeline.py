@@ -184,6 +184,8 @@ class Job:
             anchors, anchor_doc, positives = self.anchor_emb, torch.full((len(self.anchor_emb),), -1), None
         elif setting == "corpus-only":
             anchors, anchor_doc, positives = self.corpus, torch.arange(len(self.corpus)), None
+            if cfg.run.corpus_only_temperature:
+                overrides["temperature"] = cfg.run.corpus_only_temperature
         else:
             split = cfg.run.supervised_split
             dpos = {d: i for i, d in enumerate(self.doc_ids)}

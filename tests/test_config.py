@@ -313,3 +313,29 @@ def test_conflicting_overrides():
 
 def test_override_of_a_whole_section_needs_a_mapping():
     assert "'train'" in error_of(None, ["train=5"])
+
+
+@pytest.mark.parametrize("value, expected", [(0.05, 0.05), (0.0, None)])
+def test_corpus_only_setting_takes_its_own_temperature(value, expected):
+    """run.corpus_only_temperature replaces train.temperature for document anchors only
+    (0 keeps train.temperature); the other settings never see it."""
+    import torch
+
+    from smec_dist.pipeline import Job
+
+    cfg = load_config(None, ["train.temperature=0.02", f"run.corpus_only_temperature={value}"])
+    job = Job(cfg)
+    job.corpus = torch.nn.functional.normalize(torch.randn(12, 8), dim=-1)
+    job.anchor_emb = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    data, overrides = job.train_set("corpus-only")
+    assert len(data.anchors) == 12 and data.anchor_doc.tolist() == list(range(12))
+    assert overrides.get("temperature") == expected
+    data, overrides = job.train_set("unsupervised-queries")
+    assert len(data.anchors) == 5 and "temperature" not in overrides
+
+
+def test_setting_overrides_must_not_be_negative():
+    with pytest.raises(SmecError, match="run.corpus_only_temperature"):
+        load_config(None, ["run.corpus_only_temperature=-0.1"])
+    with pytest.raises(SmecError, match="run.supervised_infonce_weight"):
+        load_config(None, ["run.supervised_infonce_weight=-1"])
