@@ -94,11 +94,15 @@ class TrainConfig:
         topk: hard samples per anchor (from the S-XBM queue, or an exact search for baselines).
         queue_size: S-XBM capacity; ``prefill`` fills it from the corpus before training
             (the teacher is frozen, so queued vectors never go stale).
-        high_weight: weight of L(d_{s-1}) on a stage's transformed input.
+        high_weight: weight of a similarity loss at d_{s-1} on a stage's transformed input
+            (a regulariser that keeps the stage's map near similarity-preserving; off by
+            default). The paper's L(d_{s-1}) itself is constant here: the d_{s-1} output
+            belongs to the frozen earlier stage (the backbone, for stage 1).
         lookahead: later stages whose dims each SMRL stage also scores on its leading dims
             (-1 all, 0 off), weighted by ``lookahead_weight``.
         ads_noise / ads_tau / ads_anneal: Gumbel noise scale, relaxed top-k temperature, and
-            the fraction of a stage after which the selection is fixed.
+            the fraction of a stage after which the selection is fixed (the rest of the stage
+            trains the map for that selection).
         curriculum_gamma: curriculum MRL's schedule strength: the target dim of a batch is
             drawn with p(d) ∝ (d / d_max) ** (gamma (2 t - 1)) at progress t (0 = uniform).
         consistency_weight: curriculum MRL's cross-dimension consistency weight λ; dim d
@@ -123,7 +127,7 @@ class TrainConfig:
     queue_size: int = 65536
     prefill: bool = True
     kl_weight: float = 1.0
-    high_weight: float = 1.0
+    high_weight: float = 0.0
     lookahead: int = -1
     lookahead_weight: float = 0.5
     pairwise_weight: float = 0.0
@@ -131,7 +135,7 @@ class TrainConfig:
     infonce_temperature: float = 0.05
     ads_tau: float = 0.1
     ads_noise: float = 1.0
-    ads_anneal: float = 0.6
+    ads_anneal: float = 0.3
     pca_on_anchors: bool = True
     seed: int = 0
     curriculum_gamma: float = 1.0

@@ -203,7 +203,13 @@ class Phase:
 
 
 def smec_phases(head: SMECHead, basis: Basis, cfg: TrainConfig) -> list[Phase]:
-    """One phase per SMRL stage: stage s trains L(d_{s-1}) + L(d_s), earlier stages frozen.
+    """One phase per SMRL stage: stage s trains L(d_s), earlier stages frozen.
+
+    The paper's stage loss is L(d_{s-1}) + L(d_s); here the d_{s-1} embedding is the frozen
+    output of stage s-1 (of the backbone, for stage 1), so L(d_{s-1}) is constant and only
+    L(d_s) has a gradient. ``train.high_weight`` adds a loss at d_{s-1} on the stage's
+    transformed input instead (a regulariser), and ``train.lookahead`` the later dims on this
+    stage's leading dims.
 
     ``basis()`` returns teacher vectors (m, D) whose principal directions initialise each
     stage (called once, when the stage starts)."""
