@@ -193,6 +193,8 @@ class Job:
             positives = [[dpos[d] for d, s in self.ds.qrels[split][q].items() if s > 0] for q in qids]
             anchors, anchor_doc = self.queries[_rows(self.query_ids, qids)], torch.full((len(qids),), -1)
             overrides["infonce_weight"] = cfg.run.supervised_infonce_weight
+            if cfg.run.supervised_temperature:
+                overrides["temperature"] = cfg.run.supervised_temperature
         return _subsample(TrainSet(anchors, self.corpus, anchor_doc, positives), cfg.run.max_anchors, gen), overrides
 
     def run(self) -> dict:
@@ -355,6 +357,8 @@ class StsJob(Job):
         else:
             anchors, anchor_doc = self.pos_anchor, torch.full((len(self.pos_anchor),), -1)
             positives, overrides = self.pos_rows, {"infonce_weight": cfg.run.supervised_infonce_weight}
+            if cfg.run.supervised_temperature:
+                overrides["temperature"] = cfg.run.supervised_temperature
         return _subsample(TrainSet(anchors, self.corpus, anchor_doc, positives), cfg.run.max_anchors, gen), overrides
 
     def meta(self) -> dict:

@@ -334,8 +334,35 @@ def test_corpus_only_setting_takes_its_own_temperature(value, expected):
     assert len(data.anchors) == 5 and "temperature" not in overrides
 
 
+@pytest.mark.parametrize("value, expected", [(0.05, 0.05), (0.0, None)])
+def test_supervised_setting_takes_its_own_temperature(value, expected):
+    """run.supervised_temperature replaces train.temperature for the judged queries only
+    (0, the default, keeps train.temperature); the unlabelled-query setting never sees it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from smec_dist.pipeline import Job
+
+    cfg = load_config(None, ["train.temperature=0.03", f"run.supervised_temperature={value}"])
+    job = Job(cfg)
+    job.corpus = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    job.doc_ids = [f"d{i}" for i in range(6)]
+    job.query_ids = ["q0", "q1", "q2"]
+    job.queries = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    job.anchor_emb = job.queries
+    job.ds = SimpleNamespace(qrels={"train": {"q0": {"d1": 1}, "q2": {"d4": 1, "d5": 0}}})
+    data, overrides = job.train_set("supervised")
+    assert torch.equal(data.anchors, job.queries[[0, 2]]) and data.positives == [[1], [4]]
+    assert overrides.get("temperature") == expected and overrides["infonce_weight"] == 1.0
+    _, overrides = job.train_set("unsupervised-queries")
+    assert "temperature" not in overrides
+
+
 def test_setting_overrides_must_not_be_negative():
     with pytest.raises(SmecError, match="run.corpus_only_temperature"):
         load_config(None, ["run.corpus_only_temperature=-0.1"])
+    with pytest.raises(SmecError, match="run.supervised_temperature"):
+        load_config(None, ["run.supervised_temperature=-0.05"])
     with pytest.raises(SmecError, match="run.supervised_infonce_weight"):
         load_config(None, ["run.supervised_infonce_weight=-1"])
