@@ -92,6 +92,15 @@ def _rows(ids: list[str], wanted: list[str]) -> np.ndarray:
     return np.array([pos[w] for w in wanted], dtype=np.int64)
 
 
+def supervised_overrides(cfg: Config) -> dict:
+    """The ``train`` fields the supervised setting replaces (InfoNCE on; its own KL temperature
+    when ``run.supervised_temperature`` is set)."""
+    overrides: dict = {"infonce_weight": cfg.run.supervised_infonce_weight}
+    if cfg.run.supervised_temperature:
+        overrides["temperature"] = cfg.run.supervised_temperature
+    return overrides
+
+
 class Job:
     """State of one run of the main job (see module docstring)."""
 
@@ -192,9 +201,7 @@ class Job:
             qids = [q for q in self.query_ids if any(s > 0 for s in self.ds.qrels[split].get(q, {}).values())]
             positives = [[dpos[d] for d, s in self.ds.qrels[split][q].items() if s > 0] for q in qids]
             anchors, anchor_doc = self.queries[_rows(self.query_ids, qids)], torch.full((len(qids),), -1)
-            overrides["infonce_weight"] = cfg.run.supervised_infonce_weight
-            if cfg.run.supervised_temperature:
-                overrides["temperature"] = cfg.run.supervised_temperature
+            overrides = supervised_overrides(cfg)
         return _subsample(TrainSet(anchors, self.corpus, anchor_doc, positives), cfg.run.max_anchors, gen), overrides
 
     def run(self) -> dict:
@@ -356,9 +363,7 @@ class StsJob(Job):
             anchors, anchor_doc, positives, overrides = self.corpus, torch.arange(len(self.corpus)), None, {}
         else:
             anchors, anchor_doc = self.pos_anchor, torch.full((len(self.pos_anchor),), -1)
-            positives, overrides = self.pos_rows, {"infonce_weight": cfg.run.supervised_infonce_weight}
-            if cfg.run.supervised_temperature:
-                overrides["temperature"] = cfg.run.supervised_temperature
+            positives, overrides = self.pos_rows, supervised_overrides(cfg)
         return _subsample(TrainSet(anchors, self.corpus, anchor_doc, positives), cfg.run.max_anchors, gen), overrides
 
     def meta(self) -> dict:
