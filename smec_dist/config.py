@@ -186,6 +186,11 @@ class RunConfig:
             target (the whole top of the list, not its first few) keeps what transfers.
             0 = ``train.temperature``. (An STS job keeps ``train.temperature``: there the
             sentence-to-sentence neighbourhoods are what is scored.)
+        validation: ``holdout:<fraction>`` holds that part of ``supervised_split``'s judged
+            queries out of every setting's training (anchors and judged pairs) and scores every
+            method and dim on them too (``validation`` in results.json, a table in report.md):
+            choose settings such as ``supervised_temperature`` there, not on the test scores.
+            ``""`` (the default) holds nothing out.
         max_anchors: a random subset of at most this many anchors per setting (0 = all).
         seeds: training seeds of the trained methods; metrics are averaged over them (with
             their standard deviation), and the first seed's heads are exported.
@@ -201,6 +206,7 @@ class RunConfig:
     supervised_infonce_weight: float = 1.0
     corpus_only_temperature: float = 0.05
     supervised_temperature: float = 0.0
+    validation: str = ""
     max_anchors: int = 1000
     seeds: list[int] = field(default_factory=lambda: [0])
     search_k: int = 100
@@ -223,6 +229,8 @@ class RunConfig:
         _positive("run.supervised_infonce_weight", self.supervised_infonce_weight, zero_ok=True)
         _positive("run.corpus_only_temperature", self.corpus_only_temperature, zero_ok=True)
         _positive("run.supervised_temperature", self.supervised_temperature, zero_ok=True)
+        if self.validation:
+            self.validation_fraction()
         if not self.seeds:
             raise SmecError("run.seeds: at least one seed is needed")
         _positive("run.search_k", self.search_k)
@@ -231,6 +239,20 @@ class RunConfig:
         if max(self.k_values) > self.search_k:
             raise SmecError(f"run.k_values: {max(self.k_values)} is above run.search_k={self.search_k} "
                             f"(the search keeps only that many documents per query)")
+
+    def validation_fraction(self) -> float:
+        """The held-out fraction of ``run.validation`` (0.0 when off)."""
+        if not self.validation:
+            return 0.0
+        kind, _, value = self.validation.partition(":")
+        try:
+            fraction = float(value) if kind.strip() == "holdout" else float("nan")
+        except ValueError:
+            fraction = float("nan")
+        if not 0.0 < fraction < 1.0:
+            raise SmecError(f"run.validation: {self.validation!r} is not valid: use 'holdout:<fraction in (0, 1)>' "
+                            f"or '' (none)")
+        return fraction
 
 
 BACKBONE_MODES = ("frozen", "full", "lora", "qlora")

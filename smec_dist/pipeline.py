@@ -21,7 +21,7 @@ from .backbone import load_encoder, model_width, resolve_pooling
 from .cache import (MANIFEST, build_cache, check_complete_cache, ids_sha256, is_complete, load_cache,
                     write_file_manifest)
 from .config import Config, dump_config
-from .data import ensure_dataset, eval_qrels, load_beir, load_query_file, select_anchor_queries
+from .data import ensure_dataset, eval_qrels, load_beir, load_query_file, select_anchor_queries, validation_queries
 from .errors import SmecError
 from .evaluation.bm25 import bm25_run
 from .evaluation.metrics import evaluate_run
@@ -126,6 +126,13 @@ class Job:
         except SmecError as exc:
             raise SmecError(f"run.anchors: {exc}") from exc
         self.qrels = eval_qrels(self.ds, cfg.data.eval_split, set(anchor_ids))
+        self.val_qids: list[str] = []
+        if cfg.run.validation:
+            self.val_qids = self._validation_ids()
+            held = set(self.val_qids)
+            texts = {self.ds.queries[q] for q in held}
+            anchor_ids = [q for q in anchor_ids if q not in held and self.ds.queries.get(q) not in texts]
+            self.val_qrels = {q: dict(self.ds.qrels[cfg.run.supervised_split][q]) for q in self.val_qids}
         if "supervised" in cfg.run.settings:
             split = cfg.run.supervised_split
             if split not in self.ds.qrels:
@@ -151,9 +158,13 @@ class Job:
         self.queries = F.normalize(torch.from_numpy(cache.embeddings("queries")), dim=-1)  # (n_q, D)
         self.eval_qids = [q for q in self.query_ids if q in self.qrels]
         self.eval_q = self.queries[_rows(self.query_ids, self.eval_qids)]  # (n_eval, D)
+        self.val_q = self.queries[_rows(self.query_ids, self.val_qids)]  # (n_val, D); none when off
 
         if cfg.run.anchors.startswith("file:"):  # texts outside the dataset: a cache of their own
             pairs = load_query_file(cfg.run.anchors[5:])
+            if self.val_qids:  # a validation query must not train, whatever its id in the file
+                held = {self.ds.queries[q] for q in self.val_qids}
+                pairs = [p for p in pairs if p[0] not in self.val_qrels and p[1] not in held]
             ids, texts = [p[0] for p in pairs], [p[1] for p in pairs]
             tag = hashlib.sha256("\n".join(ids + texts).encode()).hexdigest()[:12]
             sub = encode(cfg, self.ds, {"anchors": (ids, texts)}, cache_dir / f"anchors-{tag}")
@@ -162,23 +173,45 @@ class Job:
             self.anchor_emb = self.queries[_rows(self.query_ids, anchor_ids)] if anchor_ids else self.queries[:0]
         log.info("dataset %s: %d docs, %d eval queries, %d anchor queries; backbone width %d",
                  self.ds.name, len(self.doc_ids), len(self.eval_qids), len(self.anchor_emb), self.full_dim)
+        if self.val_qids:
+            log.info("validation: %d judged queries of split '%s' held out of training and scored",
+                     len(self.val_qids), cfg.run.supervised_split)
         t = cfg.track  # after every check: a run that fails its input leaves no tracking run behind
         self.tracker = Tracker(t.backend, self.out, cfg.to_dict(), t.project, t.name, t.mode, enabled=dist.is_main())
         self.track_step = 0
 
+    def _validation_ids(self) -> list[str]:
+        """The held-out validation queries of ``run.validation`` (checked before any encoding)."""
+        cfg = self.cfg
+        split = cfg.run.supervised_split
+        if split not in self.ds.qrels:
+            raise SmecError(f"run.validation: holds out queries of run.supervised_split '{split}', which is not a "
+                            f"split of {self.ds.root} (present: {', '.join(self.ds.splits)})")
+        if split == cfg.data.eval_split:
+            raise SmecError(f"run.validation: run.supervised_split '{split}' is the eval split; validation "
+                            f"queries must come from a split that is not scored as the test")
+        try:
+            return validation_queries(self.ds, split, cfg.run.validation_fraction(), seed=cfg.train.seed)
+        except SmecError as exc:
+            raise SmecError(f"run.validation: {exc}") from exc
+
     # -- run -----------------------------------------------------------------------------
     retrieval = True  # a BEIR dataset (the STS job overrides)
 
-    def evaluate(self, compress) -> dict:
+    def evaluate(self, compress, part: str = "eval") -> dict:
         """Metrics of one method at one dim, with the index's bytes per document (float32) and
-        the exact search's milliseconds per query (FAISS, flat inner product)."""
+        the exact search's milliseconds per query (FAISS, flat inner product).
+
+        ``part``: ``"eval"`` (the eval split's queries) or ``"validation"`` (the held-out ones)."""
+        qrels, qids, q = (self.qrels, self.eval_qids, self.eval_q) if part == "eval" else \
+            (self.val_qrels, self.val_qids, self.val_q)
         with torch.no_grad():
             docs = compress(self.corpus).numpy()
-            qs = compress(self.eval_q).numpy()
+            qs = compress(q).numpy()
         t = time.perf_counter()
         scores, rows = exact_search(docs, qs, self.cfg.run.search_k)
         seconds = time.perf_counter() - t
-        metrics = evaluate_run(self.qrels, to_run(self.eval_qids, self.doc_ids, scores, rows), self.cfg.run.k_values)
+        metrics = evaluate_run(qrels, to_run(qids, self.doc_ids, scores, rows), self.cfg.run.k_values)
         metrics["bytes/doc"] = float(docs.shape[1] * docs.dtype.itemsize)
         metrics["ms/query"] = 1000.0 * seconds / max(1, len(qs))
         return metrics
@@ -198,40 +231,60 @@ class Job:
         else:
             split = cfg.run.supervised_split
             dpos = {d: i for i, d in enumerate(self.doc_ids)}
-            qids = [q for q in self.query_ids if any(s > 0 for s in self.ds.qrels[split].get(q, {}).values())]
+            held = set(getattr(self, "val_qids", ()))  # validation queries never train
+            qids = [q for q in self.query_ids if q not in held
+                    and any(s > 0 for s in self.ds.qrels[split].get(q, {}).values())]
             positives = [[dpos[d] for d, s in self.ds.qrels[split][q].items() if s > 0] for q in qids]
             anchors, anchor_doc = self.queries[_rows(self.query_ids, qids)], torch.full((len(qids),), -1)
             overrides = supervised_overrides(cfg)
         return _subsample(TrainSet(anchors, self.corpus, anchor_doc, positives), cfg.run.max_anchors, gen), overrides
 
+    def _parts(self) -> tuple[str, ...]:
+        """The query sets scored: the eval split's, and the held-out validation ones if any."""
+        return ("eval", "validation") if getattr(self, "val_qids", None) else ("eval",)
+
+    def _bm25(self, part: str) -> dict:
+        qrels, qids = (self.qrels, self.eval_qids) if part == "eval" else (self.val_qrels, self.val_qids)
+        qtext = [self.ds.queries[q] for q in qids]
+        t = time.perf_counter()
+        run = bm25_run(self.doc_ids, self.ds.doc_texts(), qids, qtext, k=self.cfg.run.search_k)
+        seconds = time.perf_counter() - t
+        return dict(evaluate_run(qrels, run, self.cfg.run.k_values), **{"ms/query": 1000.0 * seconds / max(1, len(qtext))})
+
     def run(self) -> dict:
         cfg, dims, D = self.cfg, self.cfg.run.dims, self.full_dim
-        methods = cfg.run.methods
-        fixed: dict[str, dict] = {}
+        methods, parts = cfg.run.methods, self._parts()
+        # every table below is {part: ...}: the eval split's scores, and the validation ones
+        fixed: dict[str, dict[str, dict]] = {part: {} for part in parts}
+
+        def scored(compress_at: dict):  # -> (part, {dim key: metrics}) for each part
+            for part in parts:
+                yield part, {key: self.evaluate(fn, part) for key, fn in compress_at.items()}
+
         t = time.perf_counter()
         if "full" in methods:
-            fixed["full"] = {str(D): self.evaluate(lambda x: x)}
+            for part, table in scored({str(D): lambda x: x}):
+                fixed[part]["full"] = table
         if "truncation" in methods:
-            fixed["truncation"] = {str(d): self.evaluate(lambda x, d=d: F.normalize(x[:, :d], dim=-1)) for d in dims}
+            for part, table in scored({str(d): lambda x, d=d: F.normalize(x[:, :d], dim=-1) for d in dims}):
+                fixed[part]["truncation"] = table
         if "pca" in methods:
             basis = pca_basis(self.corpus)  # (D, D) uncentred, fitted on the corpus
-            fixed["pca"] = {str(d): self.evaluate(lambda x, d=d: F.normalize(x @ basis[:d].T, dim=-1)) for d in dims}
+            for part, table in scored({str(d): lambda x, d=d: F.normalize(x @ basis[:d].T, dim=-1) for d in dims}):
+                fixed[part]["pca"] = table
         if "bm25" in methods and not self.retrieval:
             log.info("bm25 skipped: %s is not a retrieval dataset", self.ds.name)
         elif "bm25" in methods:
-            qtext = [self.ds.queries[q] for q in self.eval_qids]
-            t = time.perf_counter()
-            run = bm25_run(self.doc_ids, self.ds.doc_texts(), self.eval_qids, qtext, k=cfg.run.search_k)
-            seconds = time.perf_counter() - t
-            fixed["bm25"] = {"sparse": dict(evaluate_run(self.qrels, run, cfg.run.k_values),
-                                            **{"ms/query": 1000.0 * seconds / max(1, len(qtext))})}
+            for part in parts:
+                fixed[part]["bm25"] = {"sparse": self._bm25(part)}
         self.timings["untrained baselines"] = time.perf_counter() - t
 
-        settings: dict[str, dict] = {}
+        settings: dict[str, dict[str, dict]] = {part: {} for part in parts}
         for setting in cfg.run.settings:
             data, overrides = self.train_set(setting)
             tcfg = replace(cfg.train, **overrides)
-            settings[setting] = dict(fixed)
+            for part in parts:
+                settings[part][setting] = dict(fixed[part])
             heads = {
                 "smec": (lambda: SMECHead(D, dims, hidden=tcfg.hidden, tau=tcfg.ads_tau, noise=tcfg.ads_noise), "xbm"),
                 "mrl": (lambda: PrefixHead(D, dims, hidden=tcfg.hidden), "exact"),
@@ -244,7 +297,7 @@ class Job:
                     continue
                 make, sampler = heads[method]
                 t = time.perf_counter()
-                per_seed = []
+                per_seed: dict[str, list] = {part: [] for part in parts}
                 for i, seed in enumerate(cfg.run.seeds):
                     log.info("[%s] training %s on %d anchors (seed %d)", setting, method, len(data.anchors), seed)
                     head = make()
@@ -255,20 +308,24 @@ class Job:
                                   extra={"setting": setting, "model": cfg.model.name, "dataset": self.ds.name,
                                          "seed": seed})
                     at = ([D] if method == "single" else []) + list(dims)  # single: its own full width too
-                    per_seed.append({str(d): self.evaluate(lambda x, d=d: head.compress(x, d)) for d in at})
+                    for part, table in scored({str(d): lambda x, d=d: head.compress(x, d) for d in at}):
+                        per_seed[part].append(table)
                 self.timings[f"{setting}: train {method}"] = time.perf_counter() - t
-                settings[setting][method] = _mean_over_seeds(per_seed)
-        return {
-            "meta": self.meta(),
-            "settings": settings,
-            "timings": {k: round(v, 2) for k, v in self.timings.items()},
-        }
+                for part in parts:
+                    settings[part][setting][method] = _mean_over_seeds(per_seed[part])
+        results = {"meta": self.meta(), "settings": settings["eval"]}
+        if "validation" in settings:
+            results["validation"] = settings["validation"]
+        results["timings"] = {k: round(v, 2) for k, v in self.timings.items()}
+        return results
 
     def meta(self) -> dict:
         cfg = self.cfg
         return {"dataset": self.ds.name, "model": cfg.model.name, "full_dim": self.full_dim, "dims": cfg.run.dims,
                 "eval_split": cfg.data.eval_split, "n_queries": len(self.eval_qids), "n_docs": len(self.doc_ids),
-                "anchors": cfg.run.anchors, "n_anchor_queries": len(self.anchor_emb), "seeds": list(cfg.run.seeds)}
+                "anchors": cfg.run.anchors, "n_anchor_queries": len(self.anchor_emb), "seeds": list(cfg.run.seeds),
+                **({"validation": cfg.run.validation, "validation_split": cfg.run.supervised_split,
+                    "n_validation_queries": len(self.val_qids)} if self.val_qids else {})}
 
     def _track(self, key: str, row: dict) -> None:
         # one W&B step counter for the whole job: every head's curve under its own key
@@ -280,7 +337,8 @@ class Job:
     def save(self, results: dict) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         dump_config(self.cfg, self.out / "config.yaml")
-        self.tracker.summary(flatten("", {"metrics": results["settings"], "timings": results["timings"]}))
+        self.tracker.summary(flatten("", {"metrics": results["settings"], "timings": results["timings"],
+                                          **({"validation": results["validation"]} if "validation" in results else {})}))
         paths = write_report(self.out, results)
         write_run_manifest(self.out)
         return paths
@@ -317,6 +375,9 @@ class StsJob(Job):
         if "unsupervised-queries" in cfg.run.settings:
             raise SmecError(f"run.settings: 'unsupervised-queries' needs query texts; {root} is an STS dataset "
                             f"(use corpus-only and supervised)")
+        if cfg.run.validation:
+            raise SmecError(f"run.validation: holds out judged retrieval queries; {root} is an STS dataset "
+                            f"(score a dev split with data.eval_split instead)")
         train = load_sts_dir(root, "train")
         self.pairs = load_sts_dir(root, cfg.data.eval_split)
         width = model_width(cfg.model.name)
@@ -350,7 +411,7 @@ class StsJob(Job):
         self.tracker = Tracker(t.backend, self.out, cfg.to_dict(), t.project, t.name, t.mode, enabled=dist.is_main())
         self.track_step = 0
 
-    def evaluate(self, compress) -> dict:
+    def evaluate(self, compress, part: str = "eval") -> dict:
         with torch.no_grad():
             a, b = compress(self.e1), compress(self.e2)
         return {"Spearman": cosine_spearman(a.numpy(), b.numpy(), self.gold),

@@ -4,6 +4,7 @@
 
     {"meta": {"dataset": str, "model": str, "full_dim": int, "dims": [int, ...], ...},
      "settings": {setting: {method: {dim key: {metric: number}}}},
+     "validation": {setting: {method: {dim key: {metric: number}}}},   # only with run.validation
      "timings": {step: seconds}}
 
 A dim key is a dimension as a string (``"384"``, ``"96"``) or ``"sparse"`` (BM25). Every file
@@ -93,11 +94,25 @@ def validate_results(results: Any, source: str = "results") -> dict[str, Any]:
         if not ok:
             raise SmecError(f"{source}: key 'meta.{key}' must be {what}, got {value!r}")
 
-    settings = results["settings"]
+    _check_tables(results["settings"], "settings", source)
+    if "validation" in results:
+        _check_tables(results["validation"], "validation", source)
+
+    timings = results.setdefault("timings", {})
+    if not isinstance(timings, dict):
+        raise SmecError(f"{source}: key 'timings' must be an object of step: seconds")
+    for step, seconds in timings.items():
+        if not _is_number(seconds) or not math.isfinite(seconds):
+            raise SmecError(f"{source}: key 'timings.{step}' must be a finite number, got {seconds!r}")
+    return results
+
+
+def _check_tables(settings: Any, key: str, source: str) -> None:
+    """``{setting: {method: {dim key: {metric: number}}}}`` under ``key``, or a SmecError naming the dotted key."""
     if not isinstance(settings, dict):
-        raise SmecError(f"{source}: key 'settings' must be an object")
+        raise SmecError(f"{source}: key '{key}' must be an object")
     for setting, methods in settings.items():
-        where = f"settings.{setting}"
+        where = f"{key}.{setting}"
         if not isinstance(methods, dict):
             raise SmecError(f"{source}: key '{where}' must be an object of methods")
         for method, by_dim in methods.items():
@@ -113,14 +128,6 @@ def validate_results(results: Any, source: str = "results") -> dict[str, Any]:
                 for name, value in metrics.items():
                     if not _is_number(value) or not math.isfinite(value):
                         raise SmecError(f"{source}: key '{where_d}.{name}' must be a finite number, got {value!r}")
-
-    timings = results.setdefault("timings", {})
-    if not isinstance(timings, dict):
-        raise SmecError(f"{source}: key 'timings' must be an object of step: seconds")
-    for step, seconds in timings.items():
-        if not _is_number(seconds) or not math.isfinite(seconds):
-            raise SmecError(f"{source}: key 'timings.{step}' must be a finite number, got {seconds!r}")
-    return results
 
 
 def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -429,9 +436,21 @@ def report_markdown(results: Mapping[str, Any], headline_metric: str | None = No
                     "", eff, ""]
     if results["settings"]:
         out += [f"## {headline_metric} by setting", "", combined_table_markdown(results, headline_metric), ""]
+    if results.get("validation"):
+        held = validation_view(results)
+        out += [f"## Validation: {meta.get('n_validation_queries', '?')} held-out judged queries of split "
+                f"'{meta.get('validation_split', '?')}'", "",
+                "These queries trained nothing (neither as anchors nor as judged pairs): choose settings on "
+                "these scores, then read the test tables above once.", "",
+                combined_table_markdown(held, headline_metric), ""]
     if results.get("timings"):
         out += ["## Timings", "", timings_table_markdown(results), ""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def validation_view(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The results with the validation scores in the place of the test ones (for the tables)."""
+    return {"meta": results["meta"], "settings": results.get("validation", {}), "timings": {}}
 
 
 def print_table(results: Mapping[str, Any], metric: str = "nDCG@10") -> str:
@@ -448,14 +467,16 @@ def print_table(results: Mapping[str, Any], metric: str = "nDCG@10") -> str:
     dims = _compressed_dims(results)
     header = ["method", f"{full}/full"] + dims
     blocks = []
-    for setting, methods in results["settings"].items():
-        rows = [[m] + [_fmt(v) for v in row] for m, row in _grid(methods, full, dims, metric).items()]
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    parts = [("", results["settings"])] + ([(" (validation)", results["validation"])] if results.get("validation") else [])
+    for label, settings in parts:
+        for setting, methods in settings.items():
+            rows = [[m] + [_fmt(v) for v in row] for m, row in _grid(methods, full, dims, metric).items()]
+            widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
-        def line(r: list[str]) -> str:
-            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            def line(r: list[str]) -> str:
+                return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
-        blocks.append("\n".join([f"[{setting}] {metric}", line(header), *(line(r) for r in rows)]))
+            blocks.append("\n".join([f"[{setting}]{label} {metric}", line(header), *(line(r) for r in rows)]))
     if not blocks:
         return f"(no results) {results['meta']['dataset']} / {results['meta']['model']}"
     return "\n\n".join(blocks)

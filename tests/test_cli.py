@@ -460,6 +460,77 @@ def test_supervised_split_equal_to_eval_split(tiny, encoded, tmp_path, capsys):
     assert mtimes(encoded["cache"]) == before
 
 
+def test_validation_holds_judged_queries_out_and_scores_them(tiny, encoded, tmp_path, capsys):
+    """run.validation=holdout:0.25: a quarter of the 20 judged train queries leave the anchors
+    and the judged pairs, and every method and dim is also scored on them."""
+    assert encoded["rc"] == 0, encoded["err"]
+    out = tmp_path / "out"
+    rc = main(["run", *overrides(tiny / "data", out, encoded["cache"], "run.validation=holdout:0.25",
+                                 "run.methods=[full,bm25,pca,linear,smec]")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    results = json.loads((out / "results.json").read_text())
+    meta = results["meta"]
+    assert meta["n_validation_queries"] == N_TRAIN_QUERIES // 4 and meta["validation_split"] == "train"
+    assert meta["n_anchor_queries"] == N_TRAIN_QUERIES - N_TRAIN_QUERIES // 4  # held out of the anchors too
+    assert meta["n_queries"] == N_TEST_QUERIES  # the test scores are untouched
+    assert set(results["validation"]) == set(results["settings"]) == {"unsupervised-queries", "supervised"}
+    for setting, methods in results["validation"].items():
+        assert set(methods) == {"full", "bm25", "pca", "linear", "smec"}, setting
+        assert set(methods["smec"]) == {str(d) for d in DIMS}
+        for by_dim in methods.values():
+            for metrics in by_dim.values():
+                assert 0.0 <= metrics["nDCG@10"] <= 1.0
+    # the validation queries are other queries: their scores are not the test ones
+    assert results["validation"]["supervised"]["full"] != results["settings"]["supervised"]["full"]
+    assert "held-out judged queries of split 'train'" in (out / "report.md").read_text()
+    assert "[supervised] (validation) nDCG@10" in cap.out
+
+
+def test_validation_queries_never_train(tiny, encoded, tmp_path):
+    from smec_dist.pipeline import Job
+
+    cfg = load_config(None, overrides(tiny / "data", tmp_path / "out", encoded["cache"], "run.validation=holdout:0.25",
+                                      "track.backend=none"))
+    job = Job(cfg)
+    job.setup()
+    held = set(job.val_qids)
+    assert len(held) == N_TRAIN_QUERIES // 4 and held <= set(job.ds.qrels["train"])
+    rows = {q: i for i, q in enumerate(job.query_ids)}
+    held_emb = job.queries[[rows[q] for q in held]]
+    for setting in ("unsupervised-queries", "supervised"):
+        data, _ = job.train_set(setting)
+        assert len(data.anchors) == N_TRAIN_QUERIES - len(held), setting
+        assert not (torch.cdist(data.anchors, held_emb) < 1e-6).any(), setting  # no held-out query trains
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["run.validation=holdout:1.5"], ["run.validation", "holdout:1.5"]),
+    (["run.validation=dev"], ["run.validation", "dev"]),
+], ids=["fraction", "form"])
+def test_bad_validation_spec_fails_before_doing_anything(tiny, tmp_path, capsys, extra, needles):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    rc = main(["run", *overrides(tiny / "data", out, cache, *extra)])
+    cap = capsys.readouterr()
+    assert_one_error_line(rc, cap.out, cap.err, *needles)
+    assert not out.exists() and not cache.exists()
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["run.validation=holdout:0.2", "run.supervised_split=test"], ["run.validation", "eval split"]),
+    (["run.validation=holdout:0.2", "run.supervised_split=dev"], ["run.validation", "'dev'"]),
+], ids=["eval-split", "absent-split"])
+def test_bad_validation_split(tiny, encoded, tmp_path, capsys, extra, needles):
+    out = tmp_path / "out"
+    seed_stale_report(out)
+    before = mtimes(encoded["cache"])
+    rc = main(["run", *overrides(tiny / "data", out, encoded["cache"], *extra, settings="[unsupervised-queries]")])
+    cap = capsys.readouterr()
+    assert_one_error_line(rc, cap.out, cap.err, *needles)
+    assert_nothing_left(out)
+    assert mtimes(encoded["cache"]) == before
+
+
 def test_dims_wider_than_the_backbone(too_wide):
     assert too_wide["rc"] == 2, too_wide["stderr"]
     err = too_wide["stderr"]

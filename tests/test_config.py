@@ -366,3 +366,14 @@ def test_setting_overrides_must_not_be_negative():
         load_config(None, ["run.supervised_temperature=-0.05"])
     with pytest.raises(SmecError, match="run.supervised_infonce_weight"):
         load_config(None, ["run.supervised_infonce_weight=-1"])
+
+
+@pytest.mark.parametrize("value, fraction", [("", 0.0), ("holdout:0.2", 0.2), ("holdout: 0.5", 0.5)])
+def test_validation_spec(value, fraction):
+    assert load_config(None, [f"run.validation='{value}'"]).run.validation_fraction() == fraction
+
+
+@pytest.mark.parametrize("value", ["holdout:0", "holdout:1", "holdout:abc", "holdout:nan", "split:dev", "'0.2'"])
+def test_bad_validation_spec_names_the_key(value):
+    with pytest.raises(SmecError, match=r"run\.validation: .*holdout:<fraction in \(0, 1\)>"):
+        load_config(None, [f"run.validation={value}"])

@@ -25,6 +25,7 @@ from smec_dist.data import (
     load_sts,
     load_sts_dir,
     select_anchor_queries,
+    validation_queries,
 )
 from smec_dist.errors import SmecError
 
@@ -368,6 +369,33 @@ def test_anchor_holdout_small_fraction_keeps_one(mini: Path) -> None:
     _, ids = select_anchor_queries(ds, "holdout:0.01", "test")
     assert len(ids) == 1
     assert len(eval_qrels(ds, "test", ids)) == 1
+
+
+def test_validation_queries(scifact) -> None:
+    judged = [q for q, docs in scifact.qrels["train"].items() if any(s > 0 for s in docs.values())]
+    ids = validation_queries(scifact, "train", 0.2, seed=0)
+    assert len(ids) == round(0.2 * len(judged)) and set(ids) <= set(judged)
+    assert ids == [q for q in judged if q in set(ids)]  # qrels order
+    assert validation_queries(scifact, "train", 0.2, seed=0) == ids
+    assert set(validation_queries(scifact, "train", 0.2, seed=1)) != set(ids)
+
+
+def test_validation_queries_skip_unjudged_and_need_two(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "b"}\n')
+    (root / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n{"_id": "q2", "text": "y"}\n'
+                                        '{"_id": "q3", "text": "z"}\n')
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t0\nq3\td2\t1\n")
+    ds = load_beir(root)
+    assert validation_queries(ds, "train", 0.9) in (["q1"], ["q3"])  # q2 has no positive judgment
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t0\n")
+    with pytest.raises(SmecError) as exc:
+        validation_queries(load_beir(root), "train", 0.5)
+    assert_error(exc, "'train'", "1 judged query", "too few")
+    with pytest.raises(SmecError) as exc:
+        validation_queries(ds, "dev", 0.5)
+    assert_error(exc, "'dev'")
 
 
 def test_anchor_none(scifact) -> None:

@@ -156,6 +156,9 @@ def test_order_methods() -> None:
         (lambda r: r["settings"]["corpus-only"].__setitem__("pca", [1, 2]), "'settings.corpus-only.pca'"),
         (lambda r: r["settings"]["corpus-only"]["pca"].__setitem__("big", {}), "'settings.corpus-only.pca.big'"),
         (lambda r: r["timings"].__setitem__("train", None), "'timings.train'"),
+        (lambda r: r.__setitem__("validation", [1]), "'validation'"),
+        (lambda r: r.__setitem__("validation", {"corpus-only": {"pca": {"96": {"nDCG@10": None}}}}),
+         "'validation.corpus-only.pca.96.nDCG@10'"),
     ],
 )
 def test_load_results_bad_structure(tmp_path: Path, mutate, key: str) -> None:
@@ -183,6 +186,20 @@ def test_write_report_rejects_nan(tmp_path: Path) -> None:
     with pytest.raises(SmecError, match="settings.corpus-only.smec.48.MAP@100"):
         write_report(tmp_path, results)
     assert not (tmp_path / "results.json").exists()
+
+
+def test_validation_scores_get_their_own_table(tmp_path: Path) -> None:
+    results = _results()
+    results["meta"].update(validation="holdout:0.2", validation_split="train", n_validation_queries=162)
+    results["validation"] = json.loads(json.dumps(results["settings"], default=float))
+    results["validation"]["corpus-only"]["smec"]["48"]["nDCG@10"] = 0.987654
+    write_report(tmp_path, results)
+    report = (tmp_path / "report.md").read_text()
+    head, held = report.split("## Validation: 162 held-out judged queries of split 'train'")
+    assert "0.988" in held and "0.988" not in head  # the validation scores, in their own table only
+    assert json.loads((tmp_path / "results.json").read_text())["validation"]["corpus-only"]["smec"]["48"]["nDCG@10"] \
+        == 0.987654
+    assert "[corpus-only] (validation) nDCG@10" in print_table(results)
 
 
 def test_empty_settings(tmp_path: Path) -> None:

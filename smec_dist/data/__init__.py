@@ -12,6 +12,7 @@ from .beir import (
     load_queries,
     load_query_file,
     select_anchor_queries,
+    validation_queries,
 )
 from .download import BEIR_URL, download_beir, downloads_disabled, ensure_dataset, is_beir_folder
 from .sts import StsPair, load_sts, load_sts_dir
@@ -34,4 +35,5 @@ __all__ = [
     "load_sts",
     "load_sts_dir",
     "select_anchor_queries",
+    "validation_queries",
 ]

@@ -480,12 +480,40 @@ def select_anchor_queries(
         pool = list(_require_split(ds, eval_split))
         if len(pool) < 2:
             raise SmecError(f"anchor spec '{spec}': split '{eval_split}' has too few queries to hold out")
-        # At least one query on each side, so neither anchors nor evaluation end up empty.
-        count = min(max(round(fraction * len(pool)), 1), len(pool) - 1)
-        chosen = set(random.Random(seed).sample(pool, count))
-        ids = [q for q in pool if q in chosen]
+        ids = _seeded_part(pool, fraction, seed)
         return [ds.queries[q] for q in ids], ids
     raise SmecError(f"anchor spec '{spec}' is not valid: use {ANCHOR_SPEC_FORMS}")
+
+
+def _seeded_part(pool: list[str], fraction: float, seed: int) -> list[str]:
+    """A seeded random ``fraction`` of ``pool`` (at least one, never all), in pool order."""
+    count = min(max(round(fraction * len(pool)), 1), len(pool) - 1)
+    chosen = set(random.Random(seed).sample(pool, count))
+    return [q for q in pool if q in chosen]
+
+
+def validation_queries(ds: BeirDataset, split: str, fraction: float, seed: int = 0) -> list[str]:
+    """Query ids held out of a judged split for validation (choosing settings off the test set).
+
+    Args:
+        ds: The loaded dataset.
+        split: The judged split to hold out from (the supervised split, usually ``train``).
+        fraction: The part of its queries with a positive judgment to hold out, in (0, 1).
+        seed: The same seed gives the same queries.
+
+    Returns:
+        Query ids in qrels order; the caller drops them from training (anchors and judged
+        pairs) and scores them.
+
+    Raises:
+        SmecError: The split is absent, or has fewer than two judged queries.
+    """
+    judged = [q for q, docs in _require_split(ds, split).items()
+              if q in ds.queries and any(score > 0 for score in docs.values())]
+    if len(judged) < 2:
+        raise SmecError(f"{ds.root}: split '{split}' has {len(judged)} judged quer"
+                        f"{'y' if len(judged) == 1 else 'ies'}; too few to hold some out for validation")
+    return _seeded_part(judged, fraction, seed)
 
 
 def eval_qrels(
