@@ -28,7 +28,7 @@ A dim that is not a multiple of 8 is binarised with zero padding bits up to the 
 byte (ceil(d/8) bytes per doc); the pad bits are equal in every code, so Hamming distances and
 rankings are those of the d real bits.
 
-Command (SciFact / MiniLM, the heads of ``smec compare``; 24 s on 2 idle cores)::
+Command (SciFact / MiniLM, the heads of ``smec compare``; 24-32 s on 2 idle cores)::
 
     SMEC_DATA_DIR=/work/shared/data HF_HUB_OFFLINE=1 .venv/bin/python -m bench.search \\
         --head runs/scifact-minilm-compare/models/supervised/smec.safetensors \\
