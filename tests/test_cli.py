@@ -398,7 +398,9 @@ def test_bad_dataset(dataset_copy, tmp_path, capsys, breaker):
     (["train.epoch=3"], ["train.epoch", "command line"]),
     (["run.dims=[32,0]"], ["run.dims"]),
     (["model.pooling=max"], ["model.pooling", "max"]),
-], ids=["dims-increasing", "unknown-key", "dims-zero", "pooling"])
+    (["run.validation=holdout:1.5"], ["run.validation", "holdout:1.5"]),
+    (["run.validation=dev"], ["run.validation", "dev"]),
+], ids=["dims-increasing", "unknown-key", "dims-zero", "pooling", "validation-fraction", "validation-form"])
 def test_bad_config_fails_before_doing_anything(tiny, tmp_path, capsys, extra, needles):
     out, cache = tmp_path / "out", tmp_path / "cache"
     rc = main(["run", *overrides(tiny / "data", out, cache, *extra)])
@@ -502,18 +504,6 @@ def test_validation_queries_never_train(tiny, encoded, tmp_path):
         data, _ = job.train_set(setting)
         assert len(data.anchors) == N_TRAIN_QUERIES - len(held), setting
         assert not (torch.cdist(data.anchors, held_emb) < 1e-6).any(), setting  # no held-out query trains
-
-
-@pytest.mark.parametrize("extra, needles", [
-    (["run.validation=holdout:1.5"], ["run.validation", "holdout:1.5"]),
-    (["run.validation=dev"], ["run.validation", "dev"]),
-], ids=["fraction", "form"])
-def test_bad_validation_spec_fails_before_doing_anything(tiny, tmp_path, capsys, extra, needles):
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    rc = main(["run", *overrides(tiny / "data", out, cache, *extra)])
-    cap = capsys.readouterr()
-    assert_one_error_line(rc, cap.out, cap.err, *needles)
-    assert not out.exists() and not cache.exists()
 
 
 @pytest.mark.parametrize("extra, needles", [
