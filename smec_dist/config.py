@@ -229,8 +229,7 @@ class RunConfig:
         _positive("run.supervised_infonce_weight", self.supervised_infonce_weight, zero_ok=True)
         _positive("run.corpus_only_temperature", self.corpus_only_temperature, zero_ok=True)
         _positive("run.supervised_temperature", self.supervised_temperature, zero_ok=True)
-        if self.validation:
-            self.validation_fraction()
+        self.validation_fraction()  # a malformed spec is an error now, not when the job starts
         if not self.seeds:
             raise SmecError("run.seeds: at least one seed is needed")
         _positive("run.search_k", self.search_k)

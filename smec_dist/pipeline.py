@@ -108,6 +108,7 @@ class Job:
         self.cfg = cfg
         self.out = Path(cfg.run.output_dir)
         self.timings: dict[str, float] = {}
+        self.val_qids: list[str] = []  # held-out validation queries (run.validation), none by default
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -126,12 +127,12 @@ class Job:
         except SmecError as exc:
             raise SmecError(f"run.anchors: {exc}") from exc
         self.qrels = eval_qrels(self.ds, cfg.data.eval_split, set(anchor_ids))
-        self.val_qids: list[str] = []
+        val_texts: set[str] = set()
         if cfg.run.validation:
             self.val_qids = self._validation_ids()
             held = set(self.val_qids)
-            texts = {self.ds.queries[q] for q in held}
-            anchor_ids = [q for q in anchor_ids if q not in held and self.ds.queries.get(q) not in texts]
+            val_texts = {self.ds.queries[q] for q in held}
+            anchor_ids = [q for q in anchor_ids if q not in held and self.ds.queries.get(q) not in val_texts]
             self.val_qrels = {q: dict(self.ds.qrels[cfg.run.supervised_split][q]) for q in self.val_qids}
         if "supervised" in cfg.run.settings:
             split = cfg.run.supervised_split
@@ -163,8 +164,7 @@ class Job:
         if cfg.run.anchors.startswith("file:"):  # texts outside the dataset: a cache of their own
             pairs = load_query_file(cfg.run.anchors[5:])
             if self.val_qids:  # a validation query must not train, whatever its id in the file
-                held = {self.ds.queries[q] for q in self.val_qids}
-                pairs = [p for p in pairs if p[0] not in self.val_qrels and p[1] not in held]
+                pairs = [p for p in pairs if p[0] not in self.val_qrels and p[1] not in val_texts]
             ids, texts = [p[0] for p in pairs], [p[1] for p in pairs]
             tag = hashlib.sha256("\n".join(ids + texts).encode()).hexdigest()[:12]
             sub = encode(cfg, self.ds, {"anchors": (ids, texts)}, cache_dir / f"anchors-{tag}")
@@ -198,23 +198,31 @@ class Job:
     # -- run -----------------------------------------------------------------------------
     retrieval = True  # a BEIR dataset (the STS job overrides)
 
-    def evaluate(self, compress, part: str = "eval") -> dict:
-        """Metrics of one method at one dim, with the index's bytes per document (float32) and
-        the exact search's milliseconds per query (FAISS, flat inner product).
+    def _query_set(self, part: str) -> tuple[dict, list[str], torch.Tensor]:
+        """(qrels, query ids, teacher embeddings) of ``"eval"`` or ``"validation"``."""
+        if part == "eval":
+            return self.qrels, self.eval_qids, self.eval_q
+        return self.val_qrels, self.val_qids, self.val_q
 
-        ``part``: ``"eval"`` (the eval split's queries) or ``"validation"`` (the held-out ones)."""
-        qrels, qids, q = (self.qrels, self.eval_qids, self.eval_q) if part == "eval" else \
-            (self.val_qrels, self.val_qids, self.val_q)
+    def evaluate(self, compress) -> dict[str, dict]:
+        """Metrics of one method at one dim per query set (``"eval"``, and ``"validation"`` when
+        held out), with the index's bytes per document (float32) and the exact search's
+        milliseconds per query (FAISS, flat inner product). The corpus is compressed once."""
         with torch.no_grad():
             docs = compress(self.corpus).numpy()
-            qs = compress(q).numpy()
-        t = time.perf_counter()
-        scores, rows = exact_search(docs, qs, self.cfg.run.search_k)
-        seconds = time.perf_counter() - t
-        metrics = evaluate_run(qrels, to_run(qids, self.doc_ids, scores, rows), self.cfg.run.k_values)
-        metrics["bytes/doc"] = float(docs.shape[1] * docs.dtype.itemsize)
-        metrics["ms/query"] = 1000.0 * seconds / max(1, len(qs))
-        return metrics
+        out = {}
+        for part in self._parts():
+            qrels, qids, q = self._query_set(part)
+            with torch.no_grad():
+                qs = compress(q).numpy()
+            t = time.perf_counter()
+            scores, rows = exact_search(docs, qs, self.cfg.run.search_k)
+            seconds = time.perf_counter() - t
+            metrics = evaluate_run(qrels, to_run(qids, self.doc_ids, scores, rows), self.cfg.run.k_values)
+            metrics["bytes/doc"] = float(docs.shape[1] * docs.dtype.itemsize)
+            metrics["ms/query"] = 1000.0 * seconds / max(1, len(qs))
+            out[part] = metrics
+        return out
 
     def train_set(self, setting: str) -> tuple[TrainSet, dict]:
         cfg = self.cfg
@@ -231,7 +239,7 @@ class Job:
         else:
             split = cfg.run.supervised_split
             dpos = {d: i for i, d in enumerate(self.doc_ids)}
-            held = set(getattr(self, "val_qids", ()))  # validation queries never train
+            held = set(self.val_qids)  # validation queries never train
             qids = [q for q in self.query_ids if q not in held
                     and any(s > 0 for s in self.ds.qrels[split].get(q, {}).values())]
             positives = [[dpos[d] for d, s in self.ds.qrels[split][q].items() if s > 0] for q in qids]
@@ -241,15 +249,17 @@ class Job:
 
     def _parts(self) -> tuple[str, ...]:
         """The query sets scored: the eval split's, and the held-out validation ones if any."""
-        return ("eval", "validation") if getattr(self, "val_qids", None) else ("eval",)
+        return ("eval", "validation") if self.val_qids else ("eval",)
 
     def _bm25(self, part: str) -> dict:
-        qrels, qids = (self.qrels, self.eval_qids) if part == "eval" else (self.val_qrels, self.val_qids)
+        qrels, qids, _ = self._query_set(part)
         qtext = [self.ds.queries[q] for q in qids]
         t = time.perf_counter()
         run = bm25_run(self.doc_ids, self.ds.doc_texts(), qids, qtext, k=self.cfg.run.search_k)
         seconds = time.perf_counter() - t
-        return dict(evaluate_run(qrels, run, self.cfg.run.k_values), **{"ms/query": 1000.0 * seconds / max(1, len(qtext))})
+        metrics = evaluate_run(qrels, run, self.cfg.run.k_values)
+        metrics["ms/query"] = 1000.0 * seconds / max(1, len(qtext))
+        return metrics
 
     def run(self) -> dict:
         cfg, dims, D = self.cfg, self.cfg.run.dims, self.full_dim
@@ -257,21 +267,22 @@ class Job:
         # every table below is {part: ...}: the eval split's scores, and the validation ones
         fixed: dict[str, dict[str, dict]] = {part: {} for part in parts}
 
-        def scored(compress_at: dict):  # -> (part, {dim key: metrics}) for each part
-            for part in parts:
-                yield part, {key: self.evaluate(fn, part) for key, fn in compress_at.items()}
+        def scored(compress_at: dict) -> dict[str, dict]:  # {part: {dim key: metrics}}
+            per_key = {key: self.evaluate(fn) for key, fn in compress_at.items()}
+            return {part: {key: by_part[part] for key, by_part in per_key.items()} for part in parts}
+
+        def add_fixed(method: str, compress_at: dict) -> None:
+            for part, table in scored(compress_at).items():
+                fixed[part][method] = table
 
         t = time.perf_counter()
         if "full" in methods:
-            for part, table in scored({str(D): lambda x: x}):
-                fixed[part]["full"] = table
+            add_fixed("full", {str(D): lambda x: x})
         if "truncation" in methods:
-            for part, table in scored({str(d): lambda x, d=d: F.normalize(x[:, :d], dim=-1) for d in dims}):
-                fixed[part]["truncation"] = table
+            add_fixed("truncation", {str(d): lambda x, d=d: F.normalize(x[:, :d], dim=-1) for d in dims})
         if "pca" in methods:
             basis = pca_basis(self.corpus)  # (D, D) uncentred, fitted on the corpus
-            for part, table in scored({str(d): lambda x, d=d: F.normalize(x @ basis[:d].T, dim=-1) for d in dims}):
-                fixed[part]["pca"] = table
+            add_fixed("pca", {str(d): lambda x, d=d: F.normalize(x @ basis[:d].T, dim=-1) for d in dims})
         if "bm25" in methods and not self.retrieval:
             log.info("bm25 skipped: %s is not a retrieval dataset", self.ds.name)
         elif "bm25" in methods:
@@ -308,7 +319,7 @@ class Job:
                                   extra={"setting": setting, "model": cfg.model.name, "dataset": self.ds.name,
                                          "seed": seed})
                     at = ([D] if method == "single" else []) + list(dims)  # single: its own full width too
-                    for part, table in scored({str(d): lambda x, d=d: head.compress(x, d) for d in at}):
+                    for part, table in scored({str(d): lambda x, d=d: head.compress(x, d) for d in at}).items():
                         per_seed[part].append(table)
                 self.timings[f"{setting}: train {method}"] = time.perf_counter() - t
                 for part in parts:
@@ -337,8 +348,10 @@ class Job:
     def save(self, results: dict) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         dump_config(self.cfg, self.out / "config.yaml")
-        self.tracker.summary(flatten("", {"metrics": results["settings"], "timings": results["timings"],
-                                          **({"validation": results["validation"]} if "validation" in results else {})}))
+        summary = {"metrics": results["settings"], "timings": results["timings"]}
+        if "validation" in results:
+            summary["validation"] = results["validation"]
+        self.tracker.summary(flatten("", summary))
         paths = write_report(self.out, results)
         write_run_manifest(self.out)
         return paths
@@ -411,11 +424,11 @@ class StsJob(Job):
         self.tracker = Tracker(t.backend, self.out, cfg.to_dict(), t.project, t.name, t.mode, enabled=dist.is_main())
         self.track_step = 0
 
-    def evaluate(self, compress, part: str = "eval") -> dict:
+    def evaluate(self, compress) -> dict[str, dict]:
         with torch.no_grad():
             a, b = compress(self.e1), compress(self.e2)
-        return {"Spearman": cosine_spearman(a.numpy(), b.numpy(), self.gold),
-                "bytes/doc": float(a.shape[1] * 4)}
+        return {"eval": {"Spearman": cosine_spearman(a.numpy(), b.numpy(), self.gold),
+                         "bytes/doc": float(a.shape[1] * 4)}}
 
     def train_set(self, setting: str) -> tuple[TrainSet, dict]:
         cfg = self.cfg
