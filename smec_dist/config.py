@@ -112,6 +112,12 @@ class TrainConfig:
             gets λ d_min / d.
         infonce_weight: weight of InfoNCE (the supervised setting sets it from
             ``run.supervised_infonce_weight``).
+        anchor_copies / anchor_noise: adapter mode's anchor augmentation: every anchor gets
+            ``anchor_copies`` noisy copies (Gaussian noise of norm about ``anchor_noise`` on
+            its teacher vector, then L2-normalised; drawn once per run from ``seed``), trained
+            as extra anchors with their own teacher neighbourhoods. Off by default; it
+            multiplies the steps per phase by ``1 + anchor_copies``. For corpora with few
+            unlabelled queries (see README).
         nonfinite: on a NaN/inf loss, ``stop`` (a one-line error naming stage, step and
             batch; nothing of the step applied, checkpoints kept) or ``skip`` the step
             (not under DeepSpeed), at most ``max_skipped`` times per run.
@@ -140,6 +146,8 @@ class TrainConfig:
     ads_noise: float = 1.0
     ads_anneal: float = 0.3
     pca_on_anchors: bool = True
+    anchor_copies: int = 0
+    anchor_noise: float = 0.5
     seed: int = 0
     curriculum_gamma: float = 1.0
     consistency_weight: float = 0.1
@@ -152,7 +160,8 @@ class TrainConfig:
         for key in ("lr", "temperature", "infonce_temperature", "ads_tau", "ads_anneal"):
             _positive(f"train.{key}", getattr(self, key))
         for key in ("max_steps_per_phase", "ads_lr", "weight_decay", "hidden", "kl_weight", "high_weight",
-                    "pairwise_weight", "infonce_weight", "ads_noise", "curriculum_gamma", "consistency_weight"):
+                    "pairwise_weight", "infonce_weight", "ads_noise", "curriculum_gamma", "consistency_weight",
+                    "anchor_copies", "anchor_noise"):
             _positive(f"train.{key}", getattr(self, key), zero_ok=True)
         _one_of("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
         _one_of("train.nonfinite", self.nonfinite, ("stop", "skip"))

@@ -310,7 +310,8 @@ class Job:
                 t = time.perf_counter()
                 per_seed: dict[str, list] = {part: [] for part in parts}
                 for i, seed in enumerate(cfg.run.seeds):
-                    log.info("[%s] training %s on %d anchors (seed %d)", setting, method, len(data.anchors), seed)
+                    log.info("[%s] training %s on %d anchors%s (seed %d)", setting, method, len(data.anchors),
+                             f" + {tcfg.anchor_copies} noisy copies each" if tcfg.anchor_copies else "", seed)
                     head = make()
                     train_head(head, data, replace(tcfg, seed=seed), sampler, progress=cfg.run.progress,
                                log_fn=lambda row, key=f"{setting}/{method}/seed{seed}": self._track(key, row))

@@ -613,6 +613,27 @@ class CachedTask(Task):
             self.queue.feed(self.cfg.batch_size)
 
 
+def noisy_anchors(data: TrainSet, copies: int, noise: float, seed: int) -> TrainSet:
+    """``data`` with ``copies`` noisy copies of every anchor appended (anchor augmentation).
+
+    A copy is the anchor's teacher vector plus Gaussian noise of norm about ``noise``
+    (``N(0, noise^2 / D)`` per coordinate), L2-normalised; its hard samples and teacher
+    similarities come from the copy itself, so it adds a nearby neighbourhood to preserve.
+    A copy of a document anchor still never counts that document as a sample, and a copy of
+    a judged query keeps its judgments. Drawn from a generator of its own (``seed``), so the
+    copies are reproducible and the rest of training draws the same numbers as without them.
+    """
+    if not copies:
+        return data
+    gen = torch.Generator().manual_seed(seed + 104729)
+    a = data.anchors  # (n_a, D)
+    scale = noise / math.sqrt(a.shape[1])
+    extra = [F.normalize(a + scale * torch.randn(a.shape, generator=gen, dtype=a.dtype).to(a.device), dim=-1)
+             for _ in range(copies)]  # copies x (n_a, D)
+    return TrainSet(torch.cat([a] + extra), data.corpus, data.anchor_doc.repeat(1 + copies),
+                    None if data.positives is None else list(data.positives) * (1 + copies))
+
+
 def train_head(head, data: TrainSet, cfg: TrainConfig, sampler: str, progress: bool = True,
                log_fn: Callable[[dict], None] | None = None) -> dict:
     """Train ``head`` phase by phase on cached embeddings; returns per-phase stats (final
@@ -623,7 +644,9 @@ def train_head(head, data: TrainSet, cfg: TrainConfig, sampler: str, progress: b
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    basis = lambda: torch.cat([data.corpus, data.anchors]) if cfg.pca_on_anchors else data.corpus  # noqa: E731
+    data_in = data  # the PCA start sees the real anchors, never their noisy copies
+    data = noisy_anchors(data, cfg.anchor_copies, cfg.anchor_noise, cfg.seed)
+    basis = lambda: torch.cat([data_in.corpus, data_in.anchors]) if cfg.pca_on_anchors else data_in.corpus  # noqa: E731
     phases = PHASES[type(head)](head, basis, cfg)
     task = CachedTask(data, cfg, sampler, gen)
     return Trainer(head, phases, task, cfg, progress=progress, log_fn=log_fn).fit()

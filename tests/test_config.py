@@ -368,6 +368,13 @@ def test_setting_overrides_must_not_be_negative():
         load_config(None, ["run.supervised_infonce_weight=-1"])
 
 
+@pytest.mark.parametrize("override, key", [("train.anchor_copies=-1", "train.anchor_copies"),
+                                           ("train.anchor_noise=-0.5", "train.anchor_noise")])
+def test_anchor_augmentation_must_not_be_negative(override, key):
+    with pytest.raises(SmecError, match=key):
+        load_config(None, [override])
+
+
 @pytest.mark.parametrize("value, fraction", [("", 0.0), ("holdout:0.2", 0.2), ("holdout: 0.5", 0.5)])
 def test_validation_spec(value, fraction):
     assert load_config(None, [f"run.validation='{value}'"]).run.validation_fraction() == fraction

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from smec_dist.head import (
     save_head,
 )
 from smec_dist.losses import listwise_kl
-from smec_dist.trainer import TrainSet, smec_phases, train_head
+from smec_dist.trainer import TrainSet, noisy_anchors, smec_phases, train_head
 
 D = 32
 DIMS = [16, 8, 4]
@@ -485,3 +486,40 @@ def test_train_head_exact_smec_returns_stats_per_stage():
     with torch.no_grad():
         for d in DIMS:
             _norms_are_one(head.compress(data.anchors[:4], d))
+
+
+# --------------------------------------------------------------------------- anchor augmentation
+
+
+def test_noisy_anchors_appends_seeded_copies_near_each_anchor():
+    data = _random_trainset(seed=5, n_a=40, d=256)
+    data = TrainSet(data.anchors, data.corpus, torch.arange(40), [[i] for i in range(40)])
+    out = noisy_anchors(data, copies=2, noise=0.5, seed=3)
+    assert out.anchors.shape == (120, 256) and out.corpus is data.corpus
+    assert torch.equal(out.anchors[:40], data.anchors)  # the real anchors first, untouched
+    _norms_are_one(out.anchors)
+    assert torch.equal(out.anchor_doc, torch.arange(40).repeat(3))  # a copy still excludes its document
+    assert out.positives == [[i] for i in range(40)] * 3  # and keeps its judgments
+    for c in (1, 2):
+        copy = out.anchors[40 * c:40 * (c + 1)]
+        dist = (copy - data.anchors).norm(dim=-1)  # (40,)
+        # noise of norm ~0.5 on a unit vector, renormalised: the copy moves by ~0.44
+        assert 0.3 < float(dist.min()) and float(dist.max()) < 0.6
+        assert int((copy @ data.anchors.T).argmax(1).eq(torch.arange(40)).sum()) == 40  # nearest to its own anchor
+    assert not torch.equal(out.anchors[40:80], out.anchors[80:])
+    assert torch.equal(noisy_anchors(data, 2, 0.5, seed=3).anchors, out.anchors)  # reproducible
+    assert not torch.equal(noisy_anchors(data, 2, 0.5, seed=4).anchors, out.anchors)
+    assert noisy_anchors(data, 0, 0.5, seed=3) is data
+
+
+def test_train_head_with_anchor_copies_trains_on_them():
+    data = _random_trainset(seed=6)
+    cfg = _small_cfg(epochs=1)
+    plain = train_head(MultiHead(D, [8]), data, cfg, sampler="exact", progress=False)
+    head = MultiHead(D, [8])
+    aug = train_head(head, data, replace(cfg, anchor_copies=2), sampler="exact", progress=False)
+    (p,), (a,) = plain.values(), aug.values()
+    assert (p["steps"], a["steps"]) == (4, 10)  # 50 anchors + 100 copies: 10 batches of 16 instead of 4
+    assert math.isfinite(a["loss"])
+    with torch.no_grad():
+        _norms_are_one(head.compress(data.anchors[:4], 8))
