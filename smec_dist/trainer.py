@@ -644,9 +644,7 @@ def train_head(head, data: TrainSet, cfg: TrainConfig, sampler: str, progress: b
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    data_in = data  # the PCA start sees the real anchors, never their noisy copies
-    data = noisy_anchors(data, cfg.anchor_copies, cfg.anchor_noise, cfg.seed)
-    basis = lambda: torch.cat([data_in.corpus, data_in.anchors]) if cfg.pca_on_anchors else data_in.corpus  # noqa: E731
-    phases = PHASES[type(head)](head, basis, cfg)
-    task = CachedTask(data, cfg, sampler, gen)
+    basis = lambda: torch.cat([data.corpus, data.anchors]) if cfg.pca_on_anchors else data.corpus  # noqa: E731
+    phases = PHASES[type(head)](head, basis, cfg)  # the PCA start: real anchors only, never their noisy copies
+    task = CachedTask(noisy_anchors(data, cfg.anchor_copies, cfg.anchor_noise, cfg.seed), cfg, sampler, gen)
     return Trainer(head, phases, task, cfg, progress=progress, log_fn=log_fn).fit()
