@@ -3,7 +3,7 @@
 On the SciFact MiniLM embedding cache (built by ``smec run``/``smec encode`` when missing), the
 ``unsupervised-queries`` training set (809 train query texts as anchors, the 5,183 documents):
 
-* ``mrl`` through :func:`smec_dist.trainer.train_head` (Trainer, Phase, CachedTask, objective),
+* ``mrl`` through :func:`smec_dist.train.samplers.train_head` (Trainer, Phase, CachedTask, objective),
 * the same MRL-style head trained by a hand-written loop: same PCA initialisation, the same
   exact top-k samples, the same batches (same generator), listwise KL per dim, Adam with the
   same cosine schedule. Both must end with the same weights: the loop is the reference, the
@@ -38,16 +38,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from smec_dist.config import TrainConfig, load_config  # noqa: E402
-from smec_dist.head import PrefixHead, SMECHead, pca_basis  # noqa: E402
-from smec_dist.losses import listwise_kl  # noqa: E402
-from smec_dist.trainer import ExactSampler, TrainSet, train_head  # noqa: E402
+from smec_dist.method.baselines import PrefixHead  # noqa: E402
+from smec_dist.method.smrl import SMECHead  # noqa: E402
+from smec_dist.method.transform import pca_basis  # noqa: E402
+from smec_dist.method.losses import listwise_kl  # noqa: E402
+from smec_dist.train.samplers import ExactSampler, TrainSet, train_head  # noqa: E402
 
 
 def training_set(config: str, overrides: list[str]) -> TrainSet:
     """The unsupervised-queries training set of the job ``config`` describes (cache reused)."""
-    from smec_dist.pipeline import Job
+    from smec_dist.recipes.adapter import Job
 
-    from smec_dist.pipeline import cache_dir_for
+    from smec_dist.recipes.encode import cache_dir_for
 
     cache = cache_dir_for(load_config(config, overrides))  # the cache `smec run` builds and reuses
     with tempfile.TemporaryDirectory() as out:  # the job's report folder: nothing is written there
@@ -55,7 +57,7 @@ def training_set(config: str, overrides: list[str]) -> TrainSet:
                                    "run.progress=false", *overrides])
         job = Job(cfg)
         job.setup()
-        data, _ = job.train_set("unsupervised-queries")
+        data = job.train_set("unsupervised-queries")
     return data
 
 

@@ -9,7 +9,7 @@ number of steps (CPU, fp32):
     theirs-1     ``SentenceTransformerTrainer`` with ``MatryoshkaLoss(MultipleNegativesRankingLoss)``
 
     python bench/e2e_throughput.py                                   # MiniLM, SciFact train, batch 16, 64 tokens
-    python bench/e2e_throughput.py --steps-per-stage 15 --repeats 2  # BENCHMARKS.md (about 9 min on 2 idle cores)
+    python bench/e2e_throughput.py --steps-per-stage 15 --repeats 2  # docs/benchmarks.md (about 9 min on 2 idle cores)
     python bench/e2e_throughput.py --backbone lora --steps-per-stage 20
     python bench/e2e_throughput.py --batch 4 --max-length 32 --steps-per-stage 4 --warmup 1   # smoke
 
@@ -184,7 +184,7 @@ def run_ours(args) -> dict:
     """``smec train``'s job, with a clock on the trainer's per-step log hook."""
     import torch
 
-    import smec_dist.e2e as e2e_module
+    import smec_dist.recipes.e2e as e2e_module
     from smec_dist import dist
     from smec_dist.config import load_config
 
@@ -255,7 +255,7 @@ def run_theirs(args) -> dict:
     from smec_dist.backbone import resolve_model
     from smec_dist.data import load_beir
     from smec_dist.data.download import ensure_dataset
-    from smec_dist.e2e import load_pairs
+    from smec_dist.train.pairs import load_pairs
 
     pairs = load_pairs(load_beir(ensure_dataset(args.dataset, args.data_dir)), "train")
     if args.batches:
@@ -343,7 +343,7 @@ def launch(args, name: str, tmp: Path) -> dict:
     kind, nproc = RUNS[name]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), WANDB_MODE="disabled")
-    env.pop("ACCELERATE_USE_CPU", None)  # the trainer decides (see smec_dist.e2e.E2EJob.setup)
+    env.pop("ACCELERATE_USE_CPU", None)  # the trainer decides (see smec_dist.recipes.e2e.E2EJob.setup)
     script = [str(Path(__file__).resolve()), "--worker", kind, "--worker-out", str(out)]
     batches = tmp / "ours-1-batches.json"
     if kind == "theirs" and batches.exists():

@@ -217,7 +217,7 @@ class Method:
 
 def reference_methods(corpus: torch.Tensor) -> list[Method]:
     """Truncation and uncentred corpus PCA, the baselines of ``smec compare``."""
-    from smec_dist.head import pca_basis
+    from smec_dist.method.transform import pca_basis
 
     basis = pca_basis(corpus)  # (D, D), rows by decreasing energy
     return [
@@ -227,8 +227,8 @@ def reference_methods(corpus: torch.Tensor) -> list[Method]:
 
 
 def head_method(path: str | os.PathLike, name: str | None = None) -> Method:
-    """A saved head (``smec_dist.head.save_head``) as a method named ``<file stem>[<folder>]``."""
-    from smec_dist.head import CompressedModel
+    """A saved head (``smec_dist.method.export.save_head``) as a method named ``<file stem>[<folder>]``."""
+    from smec_dist.method.export import CompressedModel
 
     model = CompressedModel.load(path)  # SmecError, one line, when missing or unreadable
     path = Path(path)

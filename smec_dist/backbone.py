@@ -11,7 +11,6 @@ import functools
 import importlib.util
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,7 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .console import bars_off
 from .errors import SmecError
+from .io import publish_dir, tmp_name
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +61,11 @@ def _smollm2(cache_dir: Path) -> Path:
         del cfg.quantization_config
     fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     fresh.load_state_dict(src.state_dict())
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    fresh.save_pretrained(tmp, safe_serialization=True)
+    tmp = tmp_name(out)
+    with bars_off("transformers"):  # a one-off build, not work the user asked for: no bar in their log
+        fresh.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    return _publish(tmp, out)
-
-
-def _publish(tmp: Path, out: Path) -> Path:
-    """Give a finished folder its final name; only a complete folder ever carries it.
-
-    Ranks of a distributed launch may each build the same folder at once: the first rename
-    wins and the others drop their (identical) copy."""
-    try:
-        tmp.rename(out)
-    except OSError:
-        if not (out / "config.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return publish_dir(tmp, out, lambda p: (p / "config.json").exists())
 
 
 #: tiny random decoders for fast tests: the shape of the real architectures, 2 layers
@@ -106,10 +94,11 @@ def _tiny(name: str, cache_dir: Path) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         net = AutoModel.from_config(cfg, dtype=torch.float32)
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    net.save_pretrained(tmp, safe_serialization=True)
+    tmp = tmp_name(out)
+    with bars_off("transformers"):
+        net.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    return _publish(tmp, out)
+    return publish_dir(tmp, out, lambda p: (p / "config.json").exists())
 
 
 #: alias -> (resolver, default pooling, append EOS)

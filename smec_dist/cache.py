@@ -37,6 +37,7 @@ import numpy as np
 import safetensors.numpy
 
 from .errors import SmecError
+from .io import atomic_write_bytes, file_sha256, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -68,61 +69,6 @@ def ids_sha256(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Returns the sha256 hex digest of a file, read in chunks so big shards stay out of memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_table(folder: Path, rels: Sequence[str]) -> dict:
-    """``{relative path: {"size", "sha256"}}`` of the given files under ``folder``."""
-    return {rel: {"size": (folder / rel).stat().st_size, "sha256": file_sha256(folder / rel)} for rel in rels}
-
-
-FILE_MANIFEST = "manifest.json"  # of stage exports and adapter-mode runs: {"files": file_table}
-
-
-def write_file_manifest(folder: Path, rels: Sequence[str]) -> Path:
-    """``<folder>/manifest.json`` with the :func:`file_table` of ``rels``, written atomically."""
-    path = Path(folder) / FILE_MANIFEST
-    _atomic_write(path, _json_bytes({"files": file_table(Path(folder), list(rels))}))
-    return path
-
-
-def read_file_manifest(folder: Path) -> dict | None:
-    """The file table of ``<folder>/manifest.json`` (``None``: there is none)."""
-    path = Path(folder) / FILE_MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        listed = json.loads(path.read_text(encoding="utf-8"))["files"]
-        if not isinstance(listed, dict):
-            raise TypeError("files is not a mapping")
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise SmecError(f"{path}: not a valid file manifest ({type(exc).__name__})") from exc
-    return listed
-
-
-def file_table_problem(folder: Path, listed: Mapping, hashes: Callable[[], Mapping] | None = None) -> str | None:
-    """What differs between the files under ``folder`` and a :func:`file_table` (``None``: all
-    intact): a missing file or a wrong size first (cheap), then a sha256 (``hashes`` computes
-    the table of the files on disk; default: here, in this process)."""
-    for rel, want in listed.items():
-        path = folder / rel
-        if not path.is_file():
-            return f"{path}: missing"
-        if path.stat().st_size != want["size"]:
-            return f"{path}: {path.stat().st_size} bytes, {want['size']} expected (truncated?)"
-    found = hashes() if hashes else file_table(folder, list(listed))
-    for rel, want in listed.items():
-        if found.get(rel, {}).get("sha256") != want["sha256"]:
-            return f"{folder / rel}: sha256 differs from the one recorded (altered or corrupt)"
-    return None
-
-
 def shard_name(index: int) -> str:
     """Returns the file name of shard ``index`` (``shard-00000.safetensors``)."""
     return f"shard-{index:05d}.safetensors"
@@ -140,38 +86,9 @@ def _normalize_dtype(dtype: str) -> str:
     return name
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every filesystem (or OS) lets a folder be opened.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, tmp_suffix: str = ".tmp") -> None:
-    """Writes ``data`` to ``path`` so that readers see either nothing or the whole file.
-
-    The data is fsynced before the rename: on a crash a rename can otherwise outlive the
-    data it points to, leaving a complete-looking but empty file under the final name.
-    """
-    tmp = path.with_name(path.name + tmp_suffix)
-    with open(tmp, "wb") as fh:  # "wb" overwrites a stale tmp left by a killed run
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _json_bytes(obj: Any) -> bytes:
     # sort_keys: every rank must produce byte-identical spec.json content (see build_cache)
-    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    return json_bytes(obj, indent=2, sort_keys=True)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -340,7 +257,7 @@ def _check_spec(root: Path, spec: dict) -> None:
             f"choose another cache dir or delete {root}"
         )
     root.mkdir(parents=True, exist_ok=True)
-    _atomic_write(spec_path, _json_bytes(spec), tmp_suffix=f".{os.getpid()}.tmp")
+    atomic_write_bytes(spec_path, _json_bytes(spec))  # a temporary name per process: ranks may race here
 
 
 # --------------------------------------------------------------------------- build
@@ -458,7 +375,7 @@ def _encode_part(root: Path, encoder, part: str, texts: list[str], dtype: str, s
             raise SmecError(f"{part} shard {i} (items {lo}..{hi - 1}): non-finite embeddings "
                             f"in {dtype}{hint}")
         data = safetensors.numpy.save({TENSOR: stored})
-        _atomic_write(folder / shard_name(i), data)
+        atomic_write_bytes(folder / shard_name(i), data)
 
 
 def _seal(root: Path, spec: dict, ids_of: dict[str, list[str]]) -> Path:
@@ -477,7 +394,7 @@ def _seal(root: Path, spec: dict, ids_of: dict[str, list[str]]) -> Path:
             rows = min(shard_size, len(ids) - i * shard_size)
             _check_shard_header(path, rows, dim, dtype, hint)
             shards.append({"file": f"{name}/{shard_name(i)}", "rows": rows, "sha256": file_sha256(path)})
-        _atomic_write(folder / IDS, _json_bytes(ids))
+        atomic_write_bytes(folder / IDS, _json_bytes(ids))
         manifest_parts[name] = {**spec["parts"][name], "shards": shards}
     for folder in (root, *(root / name for name in ids_of)):
         for tmp in folder.glob("*.tmp"):
@@ -486,7 +403,7 @@ def _seal(root: Path, spec: dict, ids_of: dict[str, list[str]]) -> Path:
     manifest["parts"] = manifest_parts
     manifest["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     path = root / MANIFEST
-    _atomic_write(path, _json_bytes(manifest))
+    atomic_write_bytes(path, _json_bytes(manifest))
     log.info("%s: cache complete: %s", root,
              ", ".join(f"{n} {p['count']} items in {len(p['shards'])} shards" for n, p in manifest_parts.items()))
     return path

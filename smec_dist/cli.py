@@ -66,6 +66,17 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
+def _prepare_parser(sub, name: str, help: str, source: str, download: str) -> argparse.ArgumentParser:
+    """``smec prepare <name>``: the options every preparation has (output, source or download, seed)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--output", required=True, help="the folder to create (absent or empty)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--source", help=source)
+    src.add_argument("--download", action="store_true", help=download)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="smec", description="Sequential Matryoshka Embedding Compression")
     ap.add_argument("--log-level", default=os.environ.get("SMEC_LOG_LEVEL", "INFO"))
@@ -74,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(sub.add_parser("encode", help="build the embedding cache (resumable, sharded over ranks)"))
     cmp = sub.add_parser("compare", help="run a chosen set of methods on one dataset: one results.json, report.md, plot")
     _config_args(cmp)
-    cmp.add_argument("--methods", help=f"comma list (default {','.join(COMPARE_METHODS)})")
+    cmp.add_argument("--methods", help="comma list (default: every method of the registry)")
     cmp.add_argument("--output", help="folder for the report (default: <run.output_dir>-compare)")
     _config_args(sub.add_parser("config", help="print the resolved config"))
     t = sub.add_parser("train", help="end-to-end: train the backbone (full/LoRA/QLoRA) with the SMEC head")
@@ -118,24 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--no-progress", action="store_true")
     prep = sub.add_parser("prepare", help="training data from MS MARCO (BEIR folder + triplets) or Wikipedia")
     prep_sub = prep.add_subparsers(dest="dataset", required=True)
-    pm = prep_sub.add_parser("msmarco", help="MS MARCO passage ranking -> BEIR folder + query/positive/negatives")
-    pm.add_argument("--output", required=True, help="the folder to create (absent or empty)")
-    pm_src = pm.add_mutually_exclusive_group(required=True)
-    pm_src.add_argument("--source", help="folder with collection.tsv, queries.train.tsv, qrels.train.tsv "
-                                         "[, qidpidtriples.train.full.2.tsv or top1000.train.tsv] (or .gz)")
-    pm_src.add_argument("--download", action="store_true", help="fetch collection, queries, qrels (needs a network)")
+    pm = _prepare_parser(prep_sub, "msmarco", "MS MARCO passage ranking -> BEIR folder + query/positive/negatives",
+                         source="folder with collection.tsv, queries.train.tsv, qrels.train.tsv "
+                                "[, qidpidtriples.train.full.2.tsv or top1000.train.tsv] (or .gz)",
+                         download="fetch collection, queries, qrels (needs a network)")
     pm.add_argument("--base-url", help="download from here instead (default: the official MS MARCO site)")
     pm.add_argument("--max-train-samples", type=int, help="at most this many training queries (triplets)")
     pm.add_argument("--split-ratio", type=float, default=1.0, help="fraction of the queries to use (default 1)")
     pm.add_argument("--negatives", type=int, default=4, help="negatives per triplet (default 4)")
     pm.add_argument("--dev-fraction", type=float, default=0.05, help="queries held out as dev (default 0.05)")
-    pm.add_argument("--seed", type=int, default=0)
-    pw = prep_sub.add_parser("wikipedia", help="Wikipedia -> passage corpus + pairs for unsupervised training")
-    pw.add_argument("--output", required=True, help="the folder to create (absent or empty)")
-    pw_src = pw.add_mutually_exclusive_group(required=True)
-    pw_src.add_argument("--source", help="a wikimedia/wikipedia .parquet shard (or folder of them), .jsonl, "
-                                         "or a pages-articles .xml / .xml.bz2 dump")
-    pw_src.add_argument("--download", action="store_true", help="fetch wikimedia/wikipedia shards (needs a network)")
+    pw = _prepare_parser(prep_sub, "wikipedia", "Wikipedia -> passage corpus + pairs for unsupervised training",
+                         source="a wikimedia/wikipedia .parquet shard (or folder of them), .jsonl, "
+                                "or a pages-articles .xml / .xml.bz2 dump",
+                         download="fetch wikimedia/wikipedia shards (needs a network)")
     pw.add_argument("--lang", default="en", help="language code for --download (default en)")
     pw.add_argument("--dump-date", default="20231101", help="dump date for --download (default 20231101)")
     pw.add_argument("--url", help="with --download: fetch this file instead (.parquet, .jsonl, .xml[.bz2])")
@@ -143,7 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--min-words", type=int, default=32, help="fewest words per passage (default 32)")
     pw.add_argument("--max-words", type=int, default=128, help="most words per passage (default 128)")
     pw.add_argument("--no-pairs", action="store_true", help="do not write pairs.jsonl")
-    pw.add_argument("--seed", type=int, default=0)
     ty = sub.add_parser("toy", help="write a deterministic toy BEIR dataset (smoke runs)")
     ty.add_argument("--output", required=True, help="the dataset folder to create")
     ty.add_argument("--docs", type=int, default=200, help="documents (default 200)")
@@ -170,7 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-COMPARE_METHODS = ("full", "bm25", "truncation", "pca", "single", "mrl", "cmrl", "linear", "smec")
 COMPARE_K = (1, 3, 5, 10, 100)
 
 
@@ -178,7 +182,8 @@ def compare_overrides(args, overrides: list[str]) -> list[str]:
     """``smec compare``: the main job with every method, the metric suite at k = 1, 3, 5, 10,
     100 and its own output folder (``--output``, else ``<run.output_dir>-compare``); explicit
     ``k=v`` overrides win over these defaults."""
-    from .config import METHODS, load_config
+    from .config import load_config
+    from .method.registry import COMPARE_METHODS, METHODS
 
     methods = [m.strip() for m in (args.methods or ",".join(COMPARE_METHODS)).split(",") if m.strip()]
     for m in methods:
@@ -196,7 +201,8 @@ def compare_overrides(args, overrides: list[str]) -> list[str]:
 def _compress(args) -> None:
     import numpy as np
 
-    from .head import CompressedModel
+    from .io import atomic_path
+    from .method.export import CompressedModel
 
     src = Path(args.input)
     if not src.exists():
@@ -218,19 +224,17 @@ def _compress(args) -> None:
         y = model.compress(x, args.dim)
     except SmecError as exc:
         raise SmecError(f"{src}: {exc}") from exc
-    tmp = out.with_name(out.name + ".tmp.npy")
     try:
-        np.save(tmp, y)
-        tmp.replace(out)
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, y)
     except OSError as exc:  # a full disk, no permission: no partial file left
-        tmp.unlink(missing_ok=True)
         raise SmecError(f"{out}: cannot write ({exc.strerror or exc})") from exc
     print(f"{out}: {y.shape[0]} x {y.shape[1]}")
 
 
 def _eval(args, cfg) -> None:
     from . import dist
-    from .evaluate import SmecModel, evaluate_model, table
+    from .recipes.evaluate import SmecModel, evaluate_model, table
 
     if args.stage and args.head:
         raise SmecError("--stage and --head exclude each other: a stage export carries its own head")
@@ -253,6 +257,41 @@ def _eval(args, cfg) -> None:
         for task, scores in (result.get("mteb") or {}).items():
             print(f"MTEB {task}: nDCG@10 {scores['ndcg_at_10']:.4f}")
         print(f"results: {out / 'eval.json'}")
+
+
+def _prepare(args) -> str:
+    """``smec prepare msmarco|wikipedia``: run the preparation, return its summary line."""
+    if args.dataset == "msmarco":
+        from .data.msmarco import msmarco_summary_line, prepare_msmarco
+
+        return msmarco_summary_line(prepare_msmarco(
+            args.output, args.source, download=args.download, base_url=args.base_url,
+            max_train_samples=args.max_train_samples, split_ratio=args.split_ratio,
+            negatives_per_query=args.negatives, dev_fraction=args.dev_fraction, seed=args.seed, progress=True))
+    from .data.wikipedia import prepare_wikipedia, wikipedia_summary_line
+
+    return wikipedia_summary_line(prepare_wikipedia(
+        args.output, args.source, download=args.download, url=args.url, lang=args.lang, dump_date=args.dump_date,
+        num_passages=None if args.num_passages == 0 else args.num_passages,  # --num-passages 0: all
+        min_words=args.min_words, max_words=args.max_words, pairs=not args.no_pairs, seed=args.seed, progress=True))
+
+
+def _adapters(args, argv: list[str] | None = None) -> str:
+    """``smec adapters``: run the domain-shift comparison and return the report's summary."""
+    import shlex
+
+    from .recipes.domain_shift import run_domain_shift
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    results = run_domain_shift(
+        domains=args.domains.split(","), sequence=args.sequence, capacity=args.capacity, steps=args.steps,
+        lr=args.lr, batch_size=args.batch_size, out_dir=args.output, data_dir=args.data_dir, model=args.model,
+        lora_r=args.lora_r, scifact_docs=args.scifact_docs, progress=not args.no_progress,
+        command="smec " + " ".join(shlex.quote(w) for w in words))
+    summ = results["summary"]
+    parts = [f"retention {d}: cache {v:.4f}, shared {summ['retention_shared'].get(d, float('nan')):.4f}"
+             for d, v in summ["retention_cache"].items()]
+    return "; ".join(parts + [f"report: {Path(args.output) / 'report.md'}"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "eval":
                 _eval(args, cfg)
             elif args.command == "train":
-                from .e2e import train_e2e
+                from .recipes.e2e import train_e2e
 
                 from . import dist
 
@@ -294,11 +333,11 @@ def main(argv: list[str] | None = None) -> int:
                                                               "trainable_parameters", "seconds", "stopped")
                                       if k in summary}))
             elif args.command == "encode":
-                from .pipeline import encode
+                from .recipes.encode import encode
 
                 print(encode(cfg))
             else:  # run, compare
-                from .pipeline import run_job
+                from .recipes.adapter import run_job
 
                 run_job(cfg)
         elif args.command == "compress":
@@ -308,29 +347,30 @@ def main(argv: list[str] | None = None) -> int:
 
             print(download_beir(args.name, args.data_dir))
         elif args.command == "toy":
-            from .data.toy import toy_command
+            from .data.toy import write_toy
 
-            print(toy_command(args))
+            print(write_toy(args.output, docs=args.docs, queries=args.queries, topics=args.topics, seed=args.seed))
         elif args.command == "store":
-            from .data.store import store_command
+            from .data.store import build_store
 
-            print(store_command(args))
+            print(build_store(args.corpus, args.output))
         elif args.command == "rerank":
-            from .evaluation.rerank import rerank_command
+            from .evaluation.rerank import rerank_candidates
 
-            print(rerank_command(args))
+            print(rerank_candidates(args.candidates, args.dataset, data_dir=args.data_dir, split=args.split,
+                                    model=args.model, head=args.head, dim=args.dim, store=args.store,
+                                    output=args.output, batch_size=args.batch_size, progress=args.progress))
         elif args.command == "prepare":
-            from .data.prepare import prepare_command
-
-            print(prepare_command(args))
+            print(_prepare(args))
         elif args.command == "adapters":
-            from .domain_shift import adapters_command
-
-            print(adapters_command(args, argv))
+            print(_adapters(args, argv))
         elif args.command == "plan":
-            from .plan import plan_command
+            from .plan_report import plan_report
 
-            print(plan_command(args))
+            print(plan_report(config=args.config, model=args.model, gpus=args.gpus, nodes=args.nodes, zero=args.zero,
+                              mode=args.mode, lora_r=args.lora_r, lora_targets=args.lora_targets, batch=args.batch,
+                              seq_len=args.seq_len, queue_size=args.queue_size, offload=args.offload,
+                              grad_ckpt=args.grad_ckpt, dims=args.dims, precision=args.precision, as_json=args.json))
     except SmecError as exc:
         print(f"smec: error: {exc}", file=sys.stderr)
         return 2

@@ -19,11 +19,16 @@ from typing import Any
 import yaml
 
 from .errors import SmecError
+from .io import atomic_write_text
+
+from .method.registry import DEFAULT_METHODS, METHODS
 
 SETTINGS = ("unsupervised-queries", "corpus-only", "supervised")
-METHODS = ("full", "bm25", "truncation", "pca", "mrl", "linear", "smec", "cmrl", "single")
-# what `smec run` computes unless run.methods says otherwise; `smec compare` adds cmrl and single
-DEFAULT_METHODS = ("full", "bm25", "truncation", "pca", "mrl", "linear", "smec")
+# keys that are gone, and the one key that decides their value now
+REMOVED_KEYS = {
+    "train.infonce_weight": "run.supervised_infonce_weight (only the supervised setting has judgments)",
+    "e2e.infonce_weight": "run.supervised_infonce_weight (smec train trains the supervised setting)",
+}
 
 
 def _one_of(key: str, value, allowed) -> None:
@@ -84,75 +89,79 @@ class CacheConfig:
 @dataclass
 class TrainConfig:
     """How a head is trained on cached embeddings (the same objective for SMEC and the
-    trained baselines, so the comparison isolates SMEC's parts).
-
-    Attributes:
-        epochs: passes over the anchors per phase (an SMRL stage, or a baseline's map).
-        lr_schedule: ``cosine`` (to 0 at the end of each phase) or ``constant``.
-        ads_lr: learning rate of the ADS importance scores.
-        temperature: softmax temperature of the listwise KL loss (0.03: the best of 0.02 /
-            0.03 / 0.05 for SMEC with unlabelled query anchors on SciFact; the MRL-style head
-            and the linear adapter move by less than 0.005 between 0.02 and 0.03; with
-            judgments a softer target, e.g. 0.05, lifts every head further).
-        topk: hard samples per anchor (from the S-XBM queue, or an exact search for baselines).
-        queue_size: S-XBM capacity; ``prefill`` fills it from the corpus before training
-            (the teacher is frozen, so queued vectors never go stale).
-        high_weight: weight of a similarity loss at d_{s-1} on a stage's transformed input
-            (a regulariser that keeps the stage's map near similarity-preserving; off by
-            default). The paper's L(d_{s-1}) itself is constant here: the d_{s-1} output
-            belongs to the frozen earlier stage (the backbone, for stage 1).
-        lookahead: later stages whose dims each SMRL stage also scores on its leading dims
-            (-1 all, 0 off), weighted by ``lookahead_weight``.
-        ads_noise / ads_tau / ads_anneal: Gumbel noise scale, relaxed top-k temperature, and
-            the fraction of a stage after which the selection is fixed (the rest of the stage
-            trains the map for that selection).
-        curriculum_gamma: curriculum MRL's schedule strength: the target dim of a batch is
-            drawn with p(d) ∝ (d / d_max) ** (gamma (2 t - 1)) at progress t (0 = uniform).
-        consistency_weight: curriculum MRL's cross-dimension consistency weight λ; dim d
-            gets λ d_min / d.
-        infonce_weight: weight of InfoNCE (the supervised setting sets it from
-            ``run.supervised_infonce_weight``).
-        anchor_copies / anchor_noise: adapter mode's anchor augmentation: every anchor gets
-            ``anchor_copies`` noisy copies (Gaussian noise of norm about ``anchor_noise`` on
-            its teacher vector, then L2-normalised; drawn once per run from ``seed``), trained
-            as extra anchors with their own teacher neighbourhoods. Off by default; it
-            multiplies the steps per phase by ``1 + anchor_copies``. For corpora with few
-            unlabelled queries (see README).
-        nonfinite: on a NaN/inf loss, ``stop`` (a one-line error naming stage, step and
-            batch; nothing of the step applied, checkpoints kept) or ``skip`` the step
-            (not under DeepSpeed), at most ``max_skipped`` times per run.
-    """
+    trained baselines, so the comparison isolates SMEC's parts). Each key's docstring follows
+    it; defaults say what they were chosen on."""
 
     epochs: int = 20
+    """Passes over the anchors per phase (an SMRL stage, or a baseline's map)."""
     max_steps_per_phase: int = 0
+    """Cap on optimizer steps per phase (0: none)."""
     batch_size: int = 64
+    """Anchors per step."""
     lr: float = 2e-3
+    """Learning rate of a phase's map (Adam)."""
     lr_schedule: str = "cosine"
+    """``cosine`` (to 0 at the end of each phase) or ``constant``."""
     ads_lr: float = 1e-2
+    """Learning rate of the ADS importance scores."""
     weight_decay: float = 0.0
     hidden: int = 0
+    """Width of a residual MLP beside each linear map (0: linear maps only)."""
     temperature: float = 0.03
+    """Softmax temperature of the listwise KL loss in the unsupervised-queries setting (0.03:
+    the best of 0.02 / 0.03 / 0.05 for SMEC with unlabelled query anchors on SciFact test
+    scores, before validation existed; the MRL-style head and the linear adapter move by less
+    than 0.005 between 0.02 and 0.03). The other settings have their own key
+    (:func:`setting_loss`)."""
     topk: int = 200
+    """Hard samples per anchor (from the S-XBM queue, or an exact search for baselines)."""
     queue_size: int = 65536
+    """S-XBM capacity."""
     prefill: bool = True
+    """Fill the queue from the corpus before training (the teacher is frozen, so queued vectors
+    never go stale)."""
     kl_weight: float = 1.0
+    """Weight of the listwise KL between teacher and student similarities."""
     high_weight: float = 0.0
+    """Weight of a similarity loss at d_{s-1} on a stage's transformed input (a regulariser that
+    keeps the stage's map near similarity-preserving; off by default). The paper's L(d_{s-1})
+    itself is constant here: the d_{s-1} output belongs to the frozen earlier stage (the
+    backbone, for stage 1)."""
     lookahead: int = -1
+    """Later stages whose dims each SMRL stage also scores on its leading dims (-1 all, 0 off)."""
     lookahead_weight: float = 0.5
     pairwise_weight: float = 0.0
-    infonce_weight: float = 0.0
+    """Weight of Matryoshka-Adaptor's pairwise similarity MSE (off by default)."""
     infonce_temperature: float = 0.05
+    """Temperature of InfoNCE on judged pairs (the supervised setting and ``smec train``)."""
     ads_tau: float = 0.1
+    """Temperature of ADS's relaxed top-k."""
     ads_noise: float = 1.0
+    """Scale of ADS's Gumbel noise at a stage's start (annealed to 0 by ``ads_anneal``)."""
     ads_anneal: float = 0.3
+    """Fraction of a stage after which the selection is fixed (the rest of the stage trains the
+    map for that selection)."""
     pca_on_anchors: bool = True
+    """A phase's PCA start is fitted on the corpus and the anchors (else the corpus alone)."""
     anchor_copies: int = 0
+    """Adapter mode's anchor augmentation: noisy copies of every anchor (Gaussian noise of norm
+    about ``anchor_noise`` on its teacher vector, then L2-normalised; drawn once per run from
+    ``seed``), trained as extra anchors with their own teacher neighbourhoods. Off by default;
+    it multiplies the steps per phase by ``1 + anchor_copies``. For corpora with few
+    unlabelled queries (see docs/method.md)."""
     anchor_noise: float = 0.5
     seed: int = 0
+    """Seeds the anchor order, the queue stream, ADS's noise and the heads."""
     curriculum_gamma: float = 1.0
+    """Curriculum MRL's schedule strength: the target dim of a batch is drawn with
+    p(d) ∝ (d / d_max) ** (gamma (2 t - 1)) at progress t (0 = uniform)."""
     consistency_weight: float = 0.1
-    nonfinite: str = "stop"  # a non-finite loss: stop (one-line error naming stage, step, batch) or skip the step
-    max_skipped: int = 10  # skip mode: more skipped steps than this stop the run
+    """Curriculum MRL's cross-dimension consistency weight λ; dim d gets λ d_min / d."""
+    nonfinite: str = "stop"
+    """On a NaN/inf loss: ``stop`` (a one-line error naming stage, step and batch; nothing of the
+    step applied, checkpoints kept) or ``skip`` the step (not under DeepSpeed)."""
+    max_skipped: int = 10
+    """Skip mode: more skipped steps than this stop the run."""
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "topk", "queue_size"):
@@ -160,7 +169,7 @@ class TrainConfig:
         for key in ("lr", "temperature", "infonce_temperature", "ads_tau", "ads_anneal"):
             _positive(f"train.{key}", getattr(self, key))
         for key in ("max_steps_per_phase", "ads_lr", "weight_decay", "hidden", "kl_weight", "high_weight",
-                    "pairwise_weight", "infonce_weight", "ads_noise", "curriculum_gamma", "consistency_weight",
+                    "pairwise_weight", "ads_noise", "curriculum_gamma", "consistency_weight",
                     "anchor_copies", "anchor_noise"):
             _positive(f"train.{key}", getattr(self, key), zero_ok=True)
         _one_of("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
@@ -182,19 +191,20 @@ class RunConfig:
         anchors: which query texts serve as unlabelled anchors: ``split:<name>``,
             ``file:<path>`` or ``holdout:<fraction>`` (a part of the eval split's queries,
             which are then left out of the scores).
-        supervised_infonce_weight: ``train.infonce_weight`` in the supervised setting.
-        supervised_temperature: ``train.temperature`` in the supervised setting (0 =
-            ``train.temperature``). With judgments the KL term holds a head near the teacher
+        supervised_infonce_weight: weight of InfoNCE on the judged pairs in the supervised
+            setting, in adapter mode and in ``smec train``.
+        supervised_temperature: the listwise-KL temperature of the supervised setting, in
+            adapter mode and in ``smec train``. With judgments the KL term holds a head near the teacher
             while InfoNCE pulls it to the judgments, so a softer target lets it adapt more.
             0.05 was chosen on held-out judgments (``run.validation=holdout:0.2`` on SciFact,
             162 train queries, 3 seeds): against 0.03 it lifted every trained method at every
             dim there, SMEC by 0.009 / 0.028 / 0.016 / 0.018 at 192 / 96 / 48 / 24.
-        corpus_only_temperature: ``train.temperature`` in the corpus-only setting of a
-            retrieval dataset. Document anchors give document-to-document neighbourhoods,
-            which only stand in for the query-to-document ones retrieval reads; a softer
-            target (the whole top of the list, not its first few) keeps what transfers.
-            0 = ``train.temperature``. (An STS job keeps ``train.temperature``: there the
-            sentence-to-sentence neighbourhoods are what is scored.)
+        corpus_only_temperature: the listwise-KL temperature of the corpus-only setting.
+            Document anchors give document-to-document neighbourhoods, which only stand in for
+            the query-to-document ones retrieval reads; a softer target (the whole top of the
+            list, not its first few) keeps what transfers (0.05, chosen on SciFact test scores
+            before validation existed; an STS dataset, where sentence-to-sentence
+            neighbourhoods are what is scored, sets its own: configs/stsb-minilm.yaml).
         validation: ``holdout:<fraction>`` holds that part of ``supervised_split``'s judged
             queries out of every setting's training (anchors and judged pairs) and scores every
             method and dim on them too (``validation`` in results.json, a table in report.md):
@@ -233,11 +243,11 @@ class RunConfig:
         for s in self.settings:
             _one_of("run.settings", s, SETTINGS)
         for m in self.methods:
-            _one_of("run.methods", m, METHODS)
+            _one_of("run.methods", m, tuple(METHODS))
         _positive("run.max_anchors", self.max_anchors, zero_ok=True)
         _positive("run.supervised_infonce_weight", self.supervised_infonce_weight, zero_ok=True)
-        _positive("run.corpus_only_temperature", self.corpus_only_temperature, zero_ok=True)
-        _positive("run.supervised_temperature", self.supervised_temperature, zero_ok=True)
+        _positive("run.corpus_only_temperature", self.corpus_only_temperature)
+        _positive("run.supervised_temperature", self.supervised_temperature)
         self.validation_fraction()  # a malformed spec is an error now, not when the job starts
         if not self.seeds:
             raise SmecError("run.seeds: at least one seed is needed")
@@ -296,7 +306,10 @@ class E2EConfig:
         resume: ``""`` (start fresh), ``auto`` (the newest complete checkpoint under
             ``<run.output_dir>/checkpoints``, if any) or a checkpoint folder.
         full_weight: weight of the full-width loss on the backbone's own embeddings.
-        infonce_weight: weight of the in-batch + memory InfoNCE at every width.
+
+    The loss at every width is the supervised setting's (:func:`setting_loss`): InfoNCE over
+    in-batch + memory negatives weighted by ``run.supervised_infonce_weight``, listwise KL at
+    ``run.supervised_temperature``.
     """
 
     backbone: str = "lora"
@@ -321,7 +334,6 @@ class E2EConfig:
     collective_timeout_s: int = 1800  # a rank dead or hung this long makes the others fail, not wait for ever
     resume: str = ""
     full_weight: float = 1.0
-    infonce_weight: float = 1.0
     basis_docs: int = 2048
 
     def __post_init__(self):
@@ -332,7 +344,7 @@ class E2EConfig:
             _positive(f"e2e.{key}", getattr(self, key))
         for key in ("lora_dropout", "backbone_lr", "warmup_steps", "max_grad_norm", "checkpoint_every",
                     "collective_timeout_s",
-                    "full_weight", "infonce_weight"):
+                    "full_weight"):
             _positive(f"e2e.{key}", getattr(self, key), zero_ok=True)
         if not self.lora_targets:
             raise SmecError("e2e.lora_targets: at least one module name (or all-linear) is needed")
@@ -372,6 +384,59 @@ class Config:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class LossConfig:
+    """The loss one training setting trains with, as decided by :func:`setting_loss`.
+
+    Attributes:
+        temperature: softmax temperature of the listwise KL between teacher and student.
+        infonce_weight: weight of InfoNCE on judged pairs (0 without judgments).
+        kl_weight / pairwise_weight / infonce_temperature: ``train.*``, the same in every
+            setting.
+    """
+
+    temperature: float
+    infonce_weight: float
+    kl_weight: float
+    pairwise_weight: float
+    infonce_temperature: float
+
+
+def setting_loss(cfg: Config, setting: str) -> LossConfig:
+    """The one place a setting's KL temperature and InfoNCE weight are decided.
+
+    Each value comes from exactly one key:
+
+    ================================  ==============================  ================================
+    setting                           temperature                     InfoNCE weight
+    ================================  ==============================  ================================
+    ``unsupervised-queries``          ``train.temperature``           0 (no judgments)
+    ``corpus-only``                   ``run.corpus_only_temperature`` 0 (no judgments)
+    ``supervised`` (and ``smec        ``run.supervised_temperature``  ``run.supervised_infonce_weight``
+    train``, which trains on judged
+    pairs)
+    ================================  ==============================  ================================
+
+    Jobs record the result per setting (``meta.loss`` in results.json, ``resolved.loss`` in
+    the run's config.yaml).
+    """
+    _one_of("setting", setting, SETTINGS)
+    temperature, infonce = {
+        "unsupervised-queries": (cfg.train.temperature, 0.0),
+        "corpus-only": (cfg.run.corpus_only_temperature, 0.0),
+        "supervised": (cfg.run.supervised_temperature, cfg.run.supervised_infonce_weight),
+    }[setting]
+    return train_loss(cfg.train, temperature, infonce)
+
+
+def train_loss(train: TrainConfig, temperature: float | None = None, infonce_weight: float = 0.0) -> LossConfig:
+    """A loss from ``train.*`` (``train.temperature`` unless ``temperature`` is given): what a
+    head trained outside a job (a test, a benchmark, the Python API) trains with by default."""
+    return LossConfig(temperature=train.temperature if temperature is None else temperature,
+                      infonce_weight=infonce_weight, kl_weight=train.kl_weight,
+                      pairwise_weight=train.pairwise_weight, infonce_temperature=train.infonce_temperature)
+
+
 def _coerce(key: str, value: Any, typ) -> Any:
     """Check a YAML value against a dataclass field type (int accepted where float is)."""
     origin = typing.get_origin(typ)
@@ -403,6 +468,9 @@ def _build(cls, values: dict, prefix: str, source: str):
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     for key in values:
+        if f"{prefix}{key}" in REMOVED_KEYS:
+            raise SmecError(f"{source}: config key '{prefix}{key}' was removed: its value is now decided by "
+                            f"{REMOVED_KEYS[prefix + key]}")
         if key not in known:
             raise SmecError(f"{source}: unknown config key '{prefix}{key}' (allowed: {', '.join(sorted(known))})")
     kwargs = {}
@@ -476,15 +544,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise SmecError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
         if not isinstance(values, dict):
             raise SmecError(f"{path}: top level must be a mapping of sections")
+        if not isinstance(values.pop(RESOLVED, {}), dict):
+            raise SmecError(f"{path}: '{RESOLVED}' must be a mapping (a run writes it; it is not read back)")
     cfg = _build(Config, values, "", source)
     if overrides:
         cfg = _build(Config, _merge(cfg.to_dict(), parse_overrides(overrides)), "", "command line")
     return cfg
 
 
-def dump_config(cfg: Config, path: str | Path) -> None:
-    """Save the resolved config next to a run's outputs (reloadable with load_config)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+RESOLVED = "resolved"
+"""The section of a run's config.yaml that records values the run derived from the keys (each
+setting's loss); :func:`load_config` skips it, so the file loads back as the config it was."""
+
+
+def dump_config(cfg: Config, path: str | Path, resolved: dict | None = None) -> None:
+    """Save the config next to a run's outputs (reloadable with :func:`load_config`), with the
+    values the run derived from it under ``resolved``."""
+    values = cfg.to_dict()
+    if resolved:
+        values[RESOLVED] = resolved
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))
+
+
+def resolved_losses(cfg: Config, settings) -> dict:
+    """``{setting: LossConfig as a dict}``: what results.json and config.yaml record."""
+    return {s: asdict(setting_loss(cfg, s)) for s in settings}

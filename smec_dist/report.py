@@ -1,204 +1,38 @@
 """The run's artifacts: ``results.json``, ``report.md`` and ``plot.png``.
 
-``results.json`` holds::
-
-    {"meta": {"dataset": str, "model": str, "full_dim": int, "dims": [int, ...], ...},
-     "settings": {setting: {method: {dim key: {metric: number}}}},
-     "validation": {setting: {method: {dim key: {metric: number}}}},   # only with run.validation
-     "timings": {step: seconds}}
-
-A dim key is a dimension as a string (``"384"``, ``"96"``) or ``"sparse"`` (BM25). Every file
-is written atomically (``name.tmp`` then :func:`os.replace`) so an interrupted run never
-leaves a half-written artifact that a later step would trust.
+The structure of ``results.json`` is :mod:`smec_dist.results`'s. Every file is written
+atomically (:mod:`smec_dist.io`) so an interrupted run never leaves a half-written artifact
+that a later step would trust.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from smec_dist.errors import SmecError
+from .errors import SmecError
+from .evaluation.metrics import HEADLINE
+from .io import atomic_path, atomic_write_text
+from .plot import plot_results
+from .results import (SPARSE_KEY, compressed_dims, load_results, method_label, order_methods, reference_value,
+                      to_builtin, validate_results)
 
 logger = logging.getLogger(__name__)
 
-HEADLINE: tuple[str, ...] = ("nDCG@10", "MRR@10", "Recall@100", "MAP@100")
-"""Same as :data:`smec_dist.evaluation.metrics.HEADLINE`; repeated to keep this module light."""
-
-#: Methods in report order; anything else follows alphabetically.
-METHOD_ORDER: tuple[str, ...] = ("full", "bm25", "truncation", "pca", "single", "mrl", "cmrl", "linear", "smec")
+__all__ = ["HEADLINE", "load_results", "order_methods", "validate_results", "write_report", "report_markdown",
+           "print_table", "combined_table_markdown", "efficiency_table_markdown", "suite_tables_markdown"]
 
 #: Efficiency figures stored beside the metrics of each (method, dim).
 EFFICIENCY: tuple[str, ...] = ("bytes/doc", "ms/query")
 
-#: Methods drawn as horizontal reference lines, not curves, in the plot.
-REFERENCE_METHODS: tuple[str, ...] = ("full", "bm25")
-
-SPARSE_KEY = "sparse"
 MISSING = "—"
 
-_REQUIRED_META: dict[str, str] = {
-    "dataset": "a string",
-    "model": "a string",
-    "full_dim": "a positive integer",
-    "dims": "a list of positive integers",
-}
 
-
-# --------------------------------------------------------------------------- validation
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _is_pos_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x > 0
-
-
-def validate_results(results: Any, source: str = "results") -> dict[str, Any]:
-    """Check the results structure, raising on the first problem.
-
-    Args:
-        results: The parsed structure.
-        source: Prefix for error messages (a file name, or ``"results"``).
-
-    Returns:
-        The same object (for chaining), with ``timings`` defaulted to ``{}``.
-
-    Raises:
-        SmecError: Naming the dotted key at fault, e.g. ``settings.supervised.pca.96``.
-    """
-    if not isinstance(results, dict):
-        raise SmecError(f"{source}: top level must be an object with keys meta, settings, timings")
-    for key in ("meta", "settings"):
-        if key not in results:
-            raise SmecError(f"{source}: missing key '{key}'")
-    meta = results["meta"]
-    if not isinstance(meta, dict):
-        raise SmecError(f"{source}: key 'meta' must be an object")
-    for key, what in _REQUIRED_META.items():
-        if key not in meta:
-            raise SmecError(f"{source}: missing key 'meta.{key}'")
-        value = meta[key]
-        ok = {
-            "dataset": isinstance(value, str),
-            "model": isinstance(value, str),
-            "full_dim": _is_pos_int(value),
-            "dims": isinstance(value, list) and all(_is_pos_int(d) for d in value),
-        }[key]
-        if not ok:
-            raise SmecError(f"{source}: key 'meta.{key}' must be {what}, got {value!r}")
-
-    _check_tables(results["settings"], "settings", source)
-    if "validation" in results:
-        _check_tables(results["validation"], "validation", source)
-
-    timings = results.setdefault("timings", {})
-    if not isinstance(timings, dict):
-        raise SmecError(f"{source}: key 'timings' must be an object of step: seconds")
-    for step, seconds in timings.items():
-        if not _is_number(seconds) or not math.isfinite(seconds):
-            raise SmecError(f"{source}: key 'timings.{step}' must be a finite number, got {seconds!r}")
-    return results
-
-
-def _check_tables(settings: Any, key: str, source: str) -> None:
-    """``{setting: {method: {dim key: {metric: number}}}}`` under ``key``, or a SmecError naming the dotted key."""
-    if not isinstance(settings, dict):
-        raise SmecError(f"{source}: key '{key}' must be an object")
-    for setting, methods in settings.items():
-        where = f"{key}.{setting}"
-        if not isinstance(methods, dict):
-            raise SmecError(f"{source}: key '{where}' must be an object of methods")
-        for method, by_dim in methods.items():
-            where_m = f"{where}.{method}"
-            if not isinstance(by_dim, dict):
-                raise SmecError(f"{source}: key '{where_m}' must be an object of dims")
-            for dim, metrics in by_dim.items():
-                where_d = f"{where_m}.{dim}"
-                if dim != SPARSE_KEY and not (dim.isdigit() and int(dim) > 0):
-                    raise SmecError(f"{source}: key '{where_d}': dim must be a positive integer or 'sparse'")
-                if not isinstance(metrics, dict):
-                    raise SmecError(f"{source}: key '{where_d}' must be an object of metrics")
-                for name, value in metrics.items():
-                    if not _is_number(value) or not math.isfinite(value):
-                        raise SmecError(f"{source}: key '{where_d}.{name}' must be a finite number, got {value!r}")
-
-
-def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a ``results.json``.
-
-    Args:
-        path: The file.
-
-    Returns:
-        The results structure.
-
-    Raises:
-        SmecError: If the file is missing, not JSON (naming line and column), or has a bad
-            structure (naming the key).
-    """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SmecError(f"{p}: cannot read results file ({exc.strerror or exc})") from None
-    try:
-        results = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SmecError(f"{p}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})") from None
-    return validate_results(results, source=str(p))
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _to_builtin(value: Any) -> Any:
-    """Turn numpy scalars/arrays and paths into JSON-native values, recursively."""
-    if isinstance(value, Mapping):
-        return {str(k): _to_builtin(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_builtin(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    # numpy is optional here: duck-type its scalars and arrays.
-    if hasattr(value, "tolist") and callable(value.tolist):
-        return _to_builtin(value.tolist())
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    return value
-
-
-def order_methods(methods: Iterable[str]) -> list[str]:
-    """Methods in report order: :data:`METHOD_ORDER` first, the rest alphabetically."""
-    methods = list(dict.fromkeys(methods))
-    known = [m for m in METHOD_ORDER if m in methods]
-    return known + sorted(m for m in methods if m not in METHOD_ORDER)
-
-
-def _compressed_dims(results: Mapping[str, Any]) -> list[str]:
-    """Compressed dim keys: meta's dims in their order, then extra ones found, largest first."""
-    meta = results["meta"]
-    full = str(meta["full_dim"])
-    dims = [str(d) for d in meta["dims"] if str(d) != full]
-    extra: set[str] = set()
-    for methods in results["settings"].values():
-        for by_dim in methods.values():
-            extra.update(d for d in by_dim if d not in dims and d not in (full, SPARSE_KEY))
-    return dims + sorted(extra, key=int, reverse=True)
-
-
-def _reference_value(by_dim: Mapping[str, Mapping[str, float]], full: str, metric: str) -> float | None:
-    """The uncompressed column's value: the full dim, or BM25's sparse score."""
-    for key in (full, SPARSE_KEY):
-        if key in by_dim and metric in by_dim[key]:
-            return float(by_dim[key][metric])
-    return None
+# --------------------------------------------------------------------------- tables
 
 
 def _fmt(value: float | None) -> str:
@@ -218,7 +52,7 @@ def _grid(methods: Mapping[str, Any], full: str, dims: list[str], metric: str) -
     grid: dict[str, list[float | None]] = {}
     for method in order_methods(methods):
         by_dim = methods[method]
-        row: list[float | None] = [_reference_value(by_dim, full, metric)]
+        row: list[float | None] = [reference_value(by_dim, full, metric)]
         for d in dims:
             v = by_dim.get(d, {}).get(metric)
             row.append(None if v is None else float(v))
@@ -246,10 +80,6 @@ def _bold_best(grid: Mapping[str, list[float | None]]) -> dict[str, list[str]]:
     return cells
 
 
-def _method_label(method: str) -> str:
-    return "bm25 (sparse)" if method == "bm25" else method
-
-
 # --------------------------------------------------------------------------- tables
 
 
@@ -265,7 +95,7 @@ def setting_table_markdown(results: Mapping[str, Any], setting: str, metric: str
         A markdown table.
     """
     full = str(results["meta"]["full_dim"])
-    dims = _compressed_dims(results)
+    dims = compressed_dims(results)
     methods = results["settings"][setting]
     cells = _bold_best(_grid(methods, full, dims, metric))
     for m, row in cells.items():  # several training seeds: mean ± standard deviation
@@ -274,7 +104,7 @@ def setting_table_markdown(results: Mapping[str, Any], setting: str, metric: str
             if std is not None:
                 row[c] = f"{row[c]} ± {float(std):.3f}"
     header = ["Method", f"{full} (full)"] + dims
-    return _md_table(header, [[_method_label(m)] + row for m, row in cells.items()])
+    return _md_table(header, [[method_label(m)] + row for m, row in cells.items()])
 
 
 def _long_metrics(results: Mapping[str, Any]) -> tuple[str, ...]:
@@ -336,7 +166,7 @@ def setting_long_table_markdown(results: Mapping[str, Any], setting: str) -> str
 def _method_dim_rows(results: Mapping[str, Any], setting: str) -> list[tuple[str, str, Mapping[str, float]]]:
     """(method, dim key, metrics) in report order: full/sparse first, then dims largest first."""
     full = str(results["meta"]["full_dim"])
-    key_order = [full, SPARSE_KEY] + _compressed_dims(results)
+    key_order = [full, SPARSE_KEY] + compressed_dims(results)
     methods = results["settings"][setting]
     rows = []
     for method in order_methods(methods):
@@ -377,7 +207,7 @@ def combined_table_markdown(results: Mapping[str, Any], metric: str = "nDCG@10")
         A markdown table (just the table, no heading).
     """
     full = str(results["meta"]["full_dim"])
-    dims = _compressed_dims(results)
+    dims = compressed_dims(results)
     settings = results["settings"]
     all_methods = order_methods(m for methods in settings.values() for m in methods)
     header = ["Method"]
@@ -387,7 +217,7 @@ def combined_table_markdown(results: Mapping[str, Any], metric: str = "nDCG@10")
         formatted = _bold_best(_grid(methods, full, dims, metric))
         for m in all_methods:
             cells[m] += formatted.get(m, [MISSING] * (1 + len(dims)))
-    return _md_table(header, [[_method_label(m)] + row for m, row in cells.items()])
+    return _md_table(header, [[method_label(m)] + row for m, row in cells.items()])
 
 
 def timings_table_markdown(results: Mapping[str, Any]) -> str:
@@ -464,7 +294,7 @@ def print_table(results: Mapping[str, Any], metric: str = "nDCG@10") -> str:
         The text (no trailing newline); the caller decides where it goes.
     """
     full = str(results["meta"]["full_dim"])
-    dims = _compressed_dims(results)
+    dims = compressed_dims(results)
     header = ["method", f"{full}/full"] + dims
     blocks = []
     parts = [("", results["settings"])] + ([(" (validation)", results["validation"])] if results.get("validation") else [])
@@ -482,88 +312,7 @@ def print_table(results: Mapping[str, Any], metric: str = "nDCG@10") -> str:
     return "\n\n".join(blocks)
 
 
-# --------------------------------------------------------------------------- plot
-
-
-def _plot(results: Mapping[str, Any], path: Path, metric: str) -> None:
-    """Draw ``metric`` against dim, one subplot per setting, saved as PNG to ``path``.
-
-    The object-oriented Figure + Agg canvas is used instead of pyplot so that nothing
-    global (the backend, the current figure) changes in the calling process.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FixedLocator, NullLocator
-
-    meta = results["meta"]
-    full = str(meta["full_dim"])
-    dims = _compressed_dims(results)
-    settings = list(results["settings"].items()) or [("(no settings)", {})]
-    all_methods = order_methods(m for _, methods in settings for m in methods)
-    curve_methods = [m for m in all_methods if m not in REFERENCE_METHODS]
-    palette = [f"C{i}" for i in range(10)]
-    colour = {m: palette[i % len(palette)] for i, m in enumerate(curve_methods)}
-    markers = "osD^v<>ph*"
-    marker = {m: markers[i % len(markers)] for i, m in enumerate(curve_methods)}
-
-    n = len(settings)
-    fig = Figure(figsize=(4.6 * n + 0.6, 4.4), dpi=120, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
-    handles: dict[str, Any] = {}
-    for ax, (setting, methods) in zip(axes, settings):
-        xs_all: set[int] = set()
-        for method in all_methods:
-            by_dim = methods.get(method)
-            if not by_dim:
-                continue
-            if method in REFERENCE_METHODS:
-                y = _reference_value(by_dim, full, metric)
-                if y is None:
-                    continue
-                style = {"full": ("black", f"full backbone ({full})"), "bm25": ("grey", "BM25")}[method]
-                ax.axhline(y, color=style[0], linestyle="--", linewidth=1.2)
-                handles.setdefault(method, Line2D([], [], color=style[0], linestyle="--", label=style[1]))
-                continue
-            pts = sorted(
-                (int(d), float(v[metric]))
-                for d, v in by_dim.items()
-                if d != SPARSE_KEY and metric in v
-            )
-            if not pts:
-                continue
-            xs, ys = zip(*pts)
-            xs_all.update(xs)
-            (h,) = ax.plot(xs, ys, marker=marker[method], color=colour[method], label=method, linewidth=1.5)
-            handles.setdefault(method, h)
-        ticks = sorted(xs_all | {int(d) for d in dims})
-        if ticks:
-            ax.set_xscale("log", base=2)
-            ax.xaxis.set_major_locator(FixedLocator(ticks))
-            ax.xaxis.set_minor_locator(NullLocator())
-            ax.set_xticklabels([str(t) for t in ticks])
-            ax.set_xlim(min(ticks) / 1.25, max(ticks) * 1.25)
-        else:
-            ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(setting)
-        ax.set_xlabel("dimension (log2 scale)")
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel(metric)
-    if handles:
-        ordered = [handles[m] for m in all_methods if m in handles]
-        fig.legend(handles=ordered, loc="outside right center", fontsize="small")
-    fig.suptitle(f"{metric} vs. embedding dimension: {meta['dataset']} / {meta['model']}")
-    fig.savefig(path, format="png", dpi=120)
-
-
 # --------------------------------------------------------------------------- writing
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_report(
@@ -584,7 +333,7 @@ def write_report(
     Raises:
         SmecError: If the structure is invalid (naming the key) or a file cannot be written.
     """
-    data = validate_results(_to_builtin(results))
+    data = validate_results(to_builtin(results))
     headline_metric = headline_metric or data["meta"].get("metric", "nDCG@10")
     out = Path(out_dir)
     paths = {"results": out / "results.json", "report": out / "report.md", "plot": out / "plot.png"}
@@ -592,11 +341,10 @@ def write_report(
         out.mkdir(parents=True, exist_ok=True)
         # Insertion order is kept (no sort_keys): it is the order the caller chose, and
         # a string sort would put dim "192" before "24".
-        _atomic_write_text(paths["results"], json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-        _atomic_write_text(paths["report"], report_markdown(data, headline_metric))
-        tmp = paths["plot"].with_name(paths["plot"].name + ".tmp")
-        _plot(data, tmp, headline_metric)
-        os.replace(tmp, paths["plot"])
+        atomic_write_text(paths["results"], json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+        atomic_write_text(paths["report"], report_markdown(data, headline_metric))
+        with atomic_path(paths["plot"]) as tmp, open(tmp, "wb") as fh:
+            plot_results(data, fh, headline_metric)
     except OSError as exc:
         raise SmecError(f"{exc.filename or out}: cannot write report ({exc.strerror or exc})") from None
     logger.info("report written to %s", out)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from smec_dist.adapters import AdapterCache, check_adapter_folder, train_adapter
+from smec_dist.train.adapters import AdapterCache, check_adapter_folder, train_adapter
 from smec_dist.backbone import Encoder, load_trainable, resolve_model
 from smec_dist.errors import SmecError
 from test_cli import assert_one_error_line, invoke
@@ -201,7 +201,7 @@ def _mini_data(root: Path) -> Path:
 
 
 def test_domain_shift_run_end_to_end(tmp_path):
-    from smec_dist.domain_shift import run_domain_shift
+    from smec_dist.recipes.domain_shift import run_domain_shift
 
     out = tmp_path / "out"
     r = run_domain_shift(sequence="A,B,C,A", capacity=2, steps=2, batch_size=4, out_dir=out,

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smec_dist.ads import Masked, ADSelector, relaxed_topk
+from smec_dist.method.ads import ADSelector, Masked, relaxed_topk
 
 
 def _x(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -96,7 +96,7 @@ def test_gradient_with_noise_is_finite_and_reaches_dropped_dims():
 
 
 def test_similarity_loss_reaches_dropped_scores():
-    from smec_dist.losses import listwise_kl
+    from smec_dist.method.losses import listwise_kl
 
     d, k = 10, 4
     ads = ADSelector(d, k, noise=0.0)

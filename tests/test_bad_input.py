@@ -37,7 +37,8 @@ from smec_dist.cache import MANIFEST, build_cache, shard_name
 from smec_dist.cli import main
 from smec_dist.data import download as download_mod
 from smec_dist.data import load_beir
-from smec_dist.head import SMECHead, save_head
+from smec_dist.method.smrl import SMECHead
+from smec_dist.method.export import save_head
 from tests.test_cli import assert_one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import adapter_train  # noqa: E402
 from smec_dist.config import TrainConfig  # noqa: E402
-from smec_dist.head import PrefixHead  # noqa: E402
-from smec_dist.trainer import TrainSet  # noqa: E402
+from smec_dist.method.baselines import PrefixHead  # noqa: E402
+from smec_dist.train.samplers import TrainSet  # noqa: E402
 
 
 def test_plain_loop_reproduces_train_head_exactly():

@@ -27,7 +27,8 @@ from bench.common import write_json
 from smec_dist.errors import SmecError
 from smec_dist.evaluation.metrics import evaluate_run
 from smec_dist.evaluation.search import to_run
-from smec_dist.head import SMECHead, save_head
+from smec_dist.method.smrl import SMECHead
+from smec_dist.method.export import save_head
 
 FULL, N_DOCS, N_Q, K = 64, 150, 8, 20
 HEAD_DIMS = [32, 16, 12]  # 12: binary codes with 4 pad bits

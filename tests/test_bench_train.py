@@ -33,6 +33,8 @@ def _run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
+@pytest.mark.distributed  # a DeepSpeed ZeRO-2 engine in its own process
 def test_gpu_train_tiny_on_cpu_zero2_lora_grad_ckpt(tmp_path):
     out = tmp_path / "gpu_train.json"
     proc = _run([sys.executable, "bench/gpu_train.py", "--size", "tiny", "--zero", "2", "--mode", "lora",

@@ -23,7 +23,8 @@ import yaml
 from smec_dist.cache import MANIFEST, is_complete, load_cache
 from smec_dist.cli import main
 from smec_dist.config import load_config
-from smec_dist.head import CompressedModel, SMECHead, save_head
+from smec_dist.method.export import CompressedModel, save_head
+from smec_dist.method.smrl import SMECHead
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "tiny"
@@ -490,7 +491,7 @@ def test_validation_holds_judged_queries_out_and_scores_them(tiny, encoded, tmp_
 
 
 def test_validation_queries_never_train(tiny, encoded, tmp_path):
-    from smec_dist.pipeline import Job
+    from smec_dist.recipes.adapter import Job
 
     cfg = load_config(None, overrides(tiny / "data", tmp_path / "out", encoded["cache"], "run.validation=holdout:0.25",
                                       "track.backend=none"))
@@ -501,7 +502,7 @@ def test_validation_queries_never_train(tiny, encoded, tmp_path):
     rows = {q: i for i, q in enumerate(job.query_ids)}
     held_emb = job.queries[[rows[q] for q in held]]
     for setting in ("unsupervised-queries", "supervised"):
-        data, _ = job.train_set(setting)
+        data = job.train_set(setting)
         assert len(data.anchors) == N_TRAIN_QUERIES - len(held), setting
         assert not (torch.cdist(data.anchors, held_emb) < 1e-6).any(), setting  # no held-out query trains
 
@@ -661,7 +662,7 @@ def test_compress_damaged_head(tmp_path, capsys):
 
 
 def test_compare_reports_every_method_with_the_metric_suite(tiny, encoded, capsys):
-    from smec_dist.cli import COMPARE_METHODS
+    from smec_dist.method.registry import COMPARE_METHODS
 
     assert encoded["rc"] == 0, encoded["err"]
     out = tiny / "compare"

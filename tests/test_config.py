@@ -315,57 +315,74 @@ def test_override_of_a_whole_section_needs_a_mapping():
     assert "'train'" in error_of(None, ["train=5"])
 
 
-@pytest.mark.parametrize("value, expected", [(0.05, 0.05), (0.0, None)])
-def test_corpus_only_setting_takes_its_own_temperature(value, expected):
-    """run.corpus_only_temperature replaces train.temperature for document anchors only
-    (0 keeps train.temperature); the other settings never see it."""
-    import torch
+def test_each_setting_takes_its_loss_from_one_key():
+    """setting_loss is the one place a setting's temperature and InfoNCE weight are decided:
+    each value comes from its own key, and changing one key moves one setting only."""
+    from smec_dist.config import setting_loss
 
-    from smec_dist.pipeline import Job
+    cfg = load_config(None, ["train.temperature=0.02", "run.corpus_only_temperature=0.04",
+                             "run.supervised_temperature=0.06", "run.supervised_infonce_weight=0.5",
+                             "train.kl_weight=0.7", "train.infonce_temperature=0.1"])
+    got = {s: setting_loss(cfg, s) for s in SETTINGS}
+    assert {s: (v.temperature, v.infonce_weight) for s, v in got.items()} == {
+        "unsupervised-queries": (0.02, 0.0), "corpus-only": (0.04, 0.0), "supervised": (0.06, 0.5)}
+    assert {(v.kl_weight, v.infonce_temperature) for v in got.values()} == {(0.7, 0.1)}
+    moved = load_config(None, ["run.corpus_only_temperature=0.09"])
+    base = load_config(None, [])
+    assert [setting_loss(moved, s) == setting_loss(base, s) for s in SETTINGS] == [True, False, True]
+    with pytest.raises(SmecError, match="setting"):
+        setting_loss(base, "no-such-setting")
 
-    cfg = load_config(None, ["train.temperature=0.02", f"run.corpus_only_temperature={value}"])
-    job = Job(cfg)
-    job.corpus = torch.nn.functional.normalize(torch.randn(12, 8), dim=-1)
-    job.anchor_emb = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
-    data, overrides = job.train_set("corpus-only")
-    assert len(data.anchors) == 12 and data.anchor_doc.tolist() == list(range(12))
-    assert overrides.get("temperature") == expected
-    data, overrides = job.train_set("unsupervised-queries")
-    assert len(data.anchors) == 5 and "temperature" not in overrides
 
-
-@pytest.mark.parametrize("value, expected", [(0.05, 0.05), (0.0, None)])
-def test_supervised_setting_takes_its_own_temperature(value, expected):
-    """run.supervised_temperature replaces train.temperature for the judged queries only
-    (0, the default, keeps train.temperature); the unlabelled-query setting never sees it."""
+def test_supervised_train_set_keeps_judged_queries_only():
     from types import SimpleNamespace
 
     import torch
 
-    from smec_dist.pipeline import Job
+    from smec_dist.recipes.adapter import Job
 
-    cfg = load_config(None, ["train.temperature=0.03", f"run.supervised_temperature={value}"])
-    job = Job(cfg)
+    job = Job(load_config(None, []))
     job.corpus = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
     job.doc_ids = [f"d{i}" for i in range(6)]
     job.query_ids = ["q0", "q1", "q2"]
     job.queries = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
     job.anchor_emb = job.queries
     job.ds = SimpleNamespace(qrels={"train": {"q0": {"d1": 1}, "q2": {"d4": 1, "d5": 0}}})
-    data, overrides = job.train_set("supervised")
+    data = job.train_set("supervised")
     assert torch.equal(data.anchors, job.queries[[0, 2]]) and data.positives == [[1], [4]]
-    assert overrides.get("temperature") == expected and overrides["infonce_weight"] == 1.0
-    _, overrides = job.train_set("unsupervised-queries")
-    assert "temperature" not in overrides
+    data = job.train_set("corpus-only")
+    assert len(data.anchors) == 6 and data.anchor_doc.tolist() == list(range(6)) and data.positives is None
+
+
+@pytest.mark.parametrize("key", ["run.corpus_only_temperature", "run.supervised_temperature"])
+@pytest.mark.parametrize("value", [0, -0.05])
+def test_setting_temperatures_must_be_positive(key, value):
+    """No "0 = use train.temperature" fallback: each setting's temperature is its own key."""
+    with pytest.raises(SmecError, match=key):
+        load_config(None, [f"{key}={value}"])
 
 
 def test_setting_overrides_must_not_be_negative():
-    with pytest.raises(SmecError, match="run.corpus_only_temperature"):
-        load_config(None, ["run.corpus_only_temperature=-0.1"])
-    with pytest.raises(SmecError, match="run.supervised_temperature"):
-        load_config(None, ["run.supervised_temperature=-0.05"])
     with pytest.raises(SmecError, match="run.supervised_infonce_weight"):
         load_config(None, ["run.supervised_infonce_weight=-1"])
+
+
+@pytest.mark.parametrize("key, replacement", [("train.infonce_weight", "run.supervised_infonce_weight"),
+                                              ("e2e.infonce_weight", "run.supervised_infonce_weight")])
+def test_removed_keys_name_the_key_that_replaced_them(key, replacement):
+    msg = error_of(None, [f"{key}=1.0"])
+    assert key in msg and replacement in msg and "removed" in msg
+
+
+def test_config_yaml_with_resolved_section_loads_back(tmp_path):
+    from smec_dist.config import dump_config, resolved_losses
+
+    cfg = load_config(None, ["run.supervised_temperature=0.07"])
+    path = tmp_path / "config.yaml"
+    dump_config(cfg, path, resolved={"loss": resolved_losses(cfg, SETTINGS)})
+    text = path.read_text()
+    assert "resolved:" in text and "temperature: 0.07" in text
+    assert load_config(path) == cfg
 
 
 @pytest.mark.parametrize("override, key", [("train.anchor_copies=-1", "train.anchor_copies"),

@@ -12,12 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from smec_dist.cli import main
-from smec_dist.config import TrainConfig
+from smec_dist.config import TrainConfig, train_loss
 from smec_dist.errors import SmecError
 from smec_dist.evaluation.sts import cosine_spearman
-from smec_dist.head import CurriculumHead, SingleHead, load_head, save_head
-from smec_dist.trainer import (CachedTask, Penalty, Samples, TrainSet, consistency_weights, curriculum_phases,
-                               curriculum_probs, objective, train_head)
+from smec_dist.method.baselines import (CurriculumHead, SingleHead, consistency_weights, curriculum_phases,
+                                        curriculum_probs)
+from smec_dist.method.export import load_head, save_head
+from smec_dist.method.losses import Penalty, objective
+from smec_dist.method.memory import Samples
+from smec_dist.train.samplers import CachedTask, TrainSet, train_head
 
 D, DIMS = 32, [16, 8, 4]
 
@@ -103,7 +106,7 @@ def test_objective_adds_a_penalty_with_its_weight():
     anchors = F.normalize(torch.randn(4, D), dim=-1)
     none = Samples(torch.zeros(0, D), torch.zeros(0, dtype=torch.long), torch.zeros(4, 0, dtype=torch.long),
                    torch.zeros(4, 0))
-    loss = objective(lambda x: [(0.5, Penalty(torch.tensor(3.0)))], anchors, none, None, _cfg())
+    loss = objective(lambda x: [(0.5, Penalty(torch.tensor(3.0)))], anchors, none, None, train_loss(_cfg()))
     assert loss.item() == pytest.approx(1.5)
 
 
@@ -111,14 +114,16 @@ def test_objective_adds_a_penalty_with_its_weight():
 def test_training_is_reproducible_and_learns(kind):
     data = _data()
     cfg = _cfg(seed=3)
+    loss = train_loss(cfg)
     if kind == "single":  # trained at full width, its teacher-matching loss starts at 0: learn judgments
         data.positives = [[i] for i in range(len(data.anchors))]  # anchor i -> document i
-        cfg = replace(cfg, infonce_weight=1.0, epochs=15)
+        cfg = replace(cfg, epochs=15)
+        loss = train_loss(cfg, infonce_weight=1.0)
     make = (lambda: CurriculumHead(D, DIMS)) if kind == "cmrl" else (lambda: SingleHead(D, DIMS))
     heads = []
     for _ in range(2):
         head = make()
-        train_head(head, data, cfg, "exact", progress=False)
+        train_head(head, data, cfg, "exact", progress=False, loss=loss)
         heads.append(head)
     for a, b in zip(heads[0].state_dict().values(), heads[1].state_dict().values()):
         assert torch.equal(a, b)
@@ -131,12 +136,12 @@ def test_training_is_reproducible_and_learns(kind):
         assert fit(heads[0]) > fit(fresh) + 0.05
         return
     curriculum_phases(fresh, lambda: torch.cat([data.corpus, data.anchors]), cfg)[0].start()  # training's start
-    samples = CachedTask(data, cfg, "exact", torch.Generator().manual_seed(0)).exact.sample_rows(
+    samples = CachedTask(data, cfg, loss, "exact", torch.Generator().manual_seed(0)).exact.sample_rows(
         torch.arange(len(data.anchors)))
 
     def loss_of(head) -> float:
         with torch.no_grad():
-            return sum(objective(lambda x, d=d: [(1.0, head.compress(x, d))], data.anchors, samples, None, cfg).item()
+            return sum(objective(lambda x, d=d: [(1.0, head.compress(x, d))], data.anchors, samples, None, loss).item()
                        for d in DIMS)
 
     assert loss_of(heads[0]) < loss_of(fresh)
@@ -203,13 +208,13 @@ def test_sts_job_refuses_the_query_setting(data_dir, tmp_path, capsys):
 
 
 def test_subsample_keeps_anchor_rows_and_positives_aligned():
-    from smec_dist.pipeline import _subsample
+    from smec_dist.recipes.adapter import subsample
 
     data = TrainSet(torch.arange(10.0)[:, None].repeat(1, 3), torch.zeros(4, 3), torch.arange(10),
                     [[i] for i in range(10)])
-    assert _subsample(data, 0, torch.Generator()) is data and _subsample(data, 10, torch.Generator()) is data
-    a = _subsample(data, 4, torch.Generator().manual_seed(0))
-    b = _subsample(data, 4, torch.Generator().manual_seed(0))
+    assert subsample(data, 0, torch.Generator()) is data and subsample(data, 10, torch.Generator()) is data
+    a = subsample(data, 4, torch.Generator().manual_seed(0))
+    b = subsample(data, 4, torch.Generator().manual_seed(0))
     rows = a.anchor_doc.tolist()
     assert len(rows) == 4 and rows == sorted(rows) and rows == b.anchor_doc.tolist()
     assert a.anchors[:, 0].tolist() == [float(r) for r in rows] and a.positives == [[r] for r in rows]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from smec_dist.checkpoint import MARKER, Checkpoints, StopRequest, config_difference
+from smec_dist.train.checkpoint import Checkpoints, MARKER, StopRequest, config_difference
 from smec_dist.cli import main
 from smec_dist.errors import SmecError
 from tests.mini_beir import mini_data_dir
@@ -145,7 +145,7 @@ def test_backbone_trains_in_training_mode(backbone, training, data_dir, tmp_path
     # from_pretrained returns eval mode; a trained backbone must drop out and checkpoint as
     # transformers does only in training mode, a frozen one must give deterministic embeddings
     from smec_dist.config import load_config
-    from smec_dist.e2e import E2EJob
+    from smec_dist.recipes.e2e import E2EJob
 
     cfg = load_config(None, args(data_dir, tmp_path / "out", f"e2e.backbone={backbone}",
                                  "e2e.gradient_checkpointing=true")[1:])
@@ -162,7 +162,7 @@ def test_backbone_trains_in_training_mode(backbone, training, data_dir, tmp_path
 
 def test_pairs_are_embedded_each_padded_to_its_own_longest(data_dir, tmp_path):
     from smec_dist.config import load_config
-    from smec_dist.e2e import E2EJob
+    from smec_dist.recipes.e2e import E2EJob
 
     job = E2EJob(load_config(None, args(data_dir, tmp_path / "out", "e2e.backbone=lora",
                                                   "model.max_length=256")[1:]))
@@ -192,7 +192,7 @@ def test_one_process_run_writes_log_checkpoints_and_stage_exports(trained):
 
 def test_stop_request_mid_stage_checkpoints_and_resume_finishes_the_same(trained, data_dir, tmp_path, capsys,
                                                                          monkeypatch):
-    from smec_dist.e2e import E2EJob
+    from smec_dist.recipes.e2e import E2EJob
 
     original = E2EJob._on_step_end
 
@@ -253,7 +253,7 @@ def test_damaged_checkpoint_named_explicitly_is_refused(trained, data_dir, tmp_p
 
 def _nan_at(monkeypatch, stage: int, step: int, times: int = 1) -> None:
     """Make PairTask's loss NaN at (stage, step in stage), ``times`` times in a row."""
-    from smec_dist.e2e import PairTask
+    from smec_dist.train.pairs import PairTask
 
     original, left = PairTask.loss, [times]
 
@@ -331,7 +331,7 @@ def test_stage_export_loads_without_deepspeed(trained):
     from transformers import AutoModel, AutoTokenizer
 
     from smec_dist.backbone import Encoder, resolve_model
-    from smec_dist.head import CompressedModel
+    from smec_dist.method.export import CompressedModel
 
     stage = trained / "stages" / "stage2"
     meta = json.loads((stage / "smec.json").read_text())

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from smec_dist.cli import main
-from smec_dist.evaluate import SmecModel
-from smec_dist.head import PrefixHead, SMECHead, save_head
+from smec_dist.recipes.evaluate import SmecModel
+from smec_dist.method.baselines import PrefixHead
+from smec_dist.method.smrl import SMECHead
+from smec_dist.method.export import save_head
 from tests.mini_beir import mini_data_dir
 
 

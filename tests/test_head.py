@@ -11,25 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from smec_dist.ads import Masked
 import torch.nn.functional as F
 
-from smec_dist import trainer
 from smec_dist.config import TrainConfig
 from smec_dist.errors import SmecError
-from smec_dist.head import (
-    CompressedModel,
-    MultiHead,
-    PrefixHead,
-    SMECHead,
-    SMECStage,
-    Transform,
-    load_head,
-    pca_basis,
-    save_head,
-)
-from smec_dist.losses import listwise_kl
-from smec_dist.trainer import TrainSet, noisy_anchors, smec_phases, train_head
+from smec_dist.method.ads import Masked
+from smec_dist.method.baselines import MultiHead, PrefixHead
+from smec_dist.method.export import CompressedModel, load_head, save_head
+from smec_dist.method.losses import listwise_kl
+from smec_dist.method.smrl import SMECHead, SMECStage, smec_phases
+from smec_dist.method.transform import Transform, pca_basis
+from smec_dist.train import samplers
+from smec_dist.train.samplers import TrainSet, noisy_anchors, train_head
 
 D = 32
 DIMS = [16, 8, 4]
@@ -372,7 +365,7 @@ def test_train_head_keeps_finished_stages_bit_identical(monkeypatch):
     snaps: dict[int, dict] = {}
     outs: dict[int, torch.Tensor] = {}
     flags: dict[int, list[bool]] = {}
-    original = trainer.PHASES[SMECHead]
+    original = samplers.phases_for
 
     def wrapped(h, d, c):
         phases = original(h, d, c)
@@ -389,7 +382,7 @@ def test_train_head_keeps_finished_stages_bit_identical(monkeypatch):
             ph.on_end = on_end
         return phases
 
-    monkeypatch.setitem(trainer.PHASES, SMECHead, wrapped)
+    monkeypatch.setattr(samplers, "phases_for", wrapped)
     stats = train_head(head, data, _small_cfg(), sampler="xbm", progress=False)
 
     assert len(stats) == len(DIMS) and sorted(snaps) == [0, 1, 2]
@@ -448,20 +441,39 @@ def test_loss_goes_down_on_a_learnable_toy_set():
 # --------------------------------------------------------------------------- exact sampler
 
 
+def _kl_to_teacher(data: TrainSet, compress, d: int, temperature: float = 0.03) -> float:
+    """How far a compression is from the teacher on every anchor's exact top-10 neighbourhood
+    (the quantity training lowers): listwise KL of the compressed similarities."""
+    with torch.no_grad():
+        teacher = data.anchors @ data.corpus.T  # (n_a, n_c)
+        own = data.anchor_doc >= 0
+        teacher[own.nonzero().squeeze(1), data.anchor_doc[own]] = float("-inf")
+        sims, rows = teacher.topk(10, dim=1)  # (n_a, 10)
+        a, c = compress(data.anchors, d), compress(data.corpus, d)
+        student = torch.einsum("nd,nkd->nk", a, c[rows])  # (n_a, 10)
+        return float(listwise_kl(student, sims, temperature))
+
+
 @pytest.mark.parametrize("anchors_are_docs", [False, True])
 def test_train_head_exact_multi_and_prefix(anchors_are_docs):
+    """Both baselines train: every map moves off its PCA start and ends closer to the teacher
+    on the anchors' neighbourhoods than where it started (a zero learning rate fails this)."""
     data = _random_trainset(seed=3)
     if anchors_are_docs:
         data = TrainSet(anchors=data.corpus[:50].clone(), corpus=data.corpus, anchor_doc=torch.arange(50))
-    cfg = _small_cfg()
+    cfg = _small_cfg(epochs=6)
     x = data.anchors[:5]
+    start = pca_basis(torch.cat([data.corpus, data.anchors]))  # where every map starts (pca_on_anchors)
+    before = {d: _kl_to_teacher(data, lambda v, d=d: F.normalize(v @ start[:d].T, dim=-1), d) for d in [8, 4]}
 
     multi = MultiHead(D, [8, 4])
     stats = train_head(multi, data, cfg, sampler="exact", progress=False)
     assert len(stats) == 2
     for d, (name, st) in zip([8, 4], stats.items()):
         assert str(d) in name
-        assert math.isfinite(st["loss"]) and st["steps"] > 0 and st["seconds"] >= 0
+        assert math.isfinite(st["loss"]) and st["steps"] == 6 * math.ceil(50 / 16)
+        assert not torch.allclose(multi.heads[str(d)].transform.linear.weight, start, atol=1e-4)
+        assert _kl_to_teacher(data, multi.compress, d) < 0.9 * before[d], d
         with torch.no_grad():
             _norms_are_one(multi.compress(x, d))
 
@@ -470,19 +482,32 @@ def test_train_head_exact_multi_and_prefix(anchors_are_docs):
     assert len(stats) == 1
     (st,) = stats.values()
     assert math.isfinite(st["loss"]) and st["steps"] > 0
+    assert not torch.allclose(prefix.transform.linear.weight, start, atol=1e-4)
+    # one map serves every dim: the sum over dims goes down (at 4 dims alone about 9% on this set)
+    assert sum(_kl_to_teacher(data, prefix.compress, d) for d in [8, 4]) < 0.95 * sum(before.values())
     with torch.no_grad():
         for d in DIMS:
             _norms_are_one(prefix.compress(x, d))
 
 
 def test_train_head_exact_smec_returns_stats_per_stage():
+    """Every SMRL stage trains within its few steps: its map leaves the PCA start of its
+    (frozen) input, and the stage's last loss is below its first."""
     data = _random_trainset(seed=4)
     head = SMECHead(D, DIMS, hidden=4)
-    stats = train_head(head, data, _small_cfg(max_steps_per_phase=3), sampler="exact", progress=False)
+    logs: list[dict] = []
+    stats = train_head(head, data, _small_cfg(max_steps_per_phase=3), sampler="exact", progress=False,
+                       log_fn=logs.append)
     assert len(stats) == len(DIMS)
     for st in stats.values():
         assert math.isfinite(st["loss"]) and 0 < st["steps"] <= 3
     assert not head.training
+    basis = torch.cat([data.corpus, data.anchors])
+    for s, stage in enumerate(head.stages):
+        with torch.no_grad():
+            start = pca_basis(head.stage_input(basis, s))  # earlier stages are frozen: the same input as then
+        assert not torch.allclose(stage.transform.linear.weight, start, atol=1e-5), s
+        assert stage.transform.down.weight.abs().sum() > 0, s  # the residual MLP, zero at the start, learned too
     with torch.no_grad():
         for d in DIMS:
             _norms_are_one(head.compress(data.anchors[:4], d))

@@ -26,7 +26,7 @@ import math
 import pytest
 import torch
 
-from smec_dist.losses import info_nce, listwise_kl, pairwise_mse
+from smec_dist.method.losses import info_nce, listwise_kl, pairwise_mse
 
 KL_1x2 = 0.7310585786 * math.log(0.7310585786 / 0.5) + 0.2689414214 * math.log(0.2689414214 / 0.5)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from smec_dist.memory import XBMQueue
+from smec_dist.method.memory import XBMQueue
 
 
 def _batch(ids: list[int], dim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:

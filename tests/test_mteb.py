@@ -55,7 +55,7 @@ class KindModel:
 
 
 def _ours(ds, split, doc_emb, query_emb_of):
-    """Our evaluator exactly as smec_dist.evaluate.evaluate_model runs it (qids sorted, k=100)."""
+    """Our evaluator exactly as smec_dist.recipes.evaluate.evaluate_model runs it (qids sorted, k=100)."""
     qrels = {q: d for q, d in ds.qrels[split].items() if q in ds.queries}
     qids = sorted(qrels)
     return evaluate_run(qrels, search_run(doc_emb, ds.doc_ids(), query_emb_of(qids), qids, k=100)), qids

@@ -13,8 +13,9 @@ import pytest
 
 from smec_dist.cli import main
 from smec_dist.errors import SmecError
-from smec_dist.plan import (ModelStats, PlanSpec, activation_bytes, deepspeed_estimate, inspect_model,
-                            layer_activation_bytes, load_model_config, make_plan)
+from smec_dist.plan import (ModelStats, PlanSpec, activation_bytes, inspect_model, layer_activation_bytes,
+                            load_model_config, make_plan)
+from smec_dist.plan_report import deepspeed_estimate
 
 # Qwen2-7B's shapes, for counting by hand what the meta model should hold
 H, L, V, I, KV = 3584, 28, 152064, 18944, 4 * 128

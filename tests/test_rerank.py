@@ -23,7 +23,8 @@ from smec_dist.data.store import PassageStore
 from smec_dist.data.toy import make_toy_dataset
 from smec_dist.errors import SmecError
 from smec_dist.evaluation.rerank import load_candidates, rerank, write_trec_run
-from smec_dist.head import SMECHead, save_head
+from smec_dist.method.smrl import SMECHead
+from smec_dist.method.export import save_head
 from tests.test_cli import assert_one_error_line
 
 

@@ -9,7 +9,7 @@ and header. This file adds what spans several files:
 * ``configs/accelerate/*.yaml`` are valid Accelerate launcher configs;
 * every DeepSpeed JSON an end-to-end config can run with (its ``e2e.deepspeed``, an
   ``e2e.deepspeed=...`` override in its header, the JSON of an accelerate config its header
-  names) passes the trainer's own :func:`smec_dist.e2e.check_deepspeed` with that config;
+  names) passes the trainer's own :func:`smec_dist.train.engine.check_deepspeed` with that config;
 * every ``ds_configs/*.json`` parses and passes ``check_deepspeed``; contradictions are one-line
   errors naming the key;
 * every ``slurm/*.sh`` is valid bash, and the end-to-end ones always pass ``--resume auto``.
@@ -28,7 +28,7 @@ import yaml
 
 from smec_dist.backbone import TINY_SHAPES
 from smec_dist.config import Config, load_config
-from smec_dist.e2e import check_deepspeed
+from smec_dist.train.engine import check_deepspeed
 from smec_dist.errors import SmecError
 from smec_dist.plan import load_model_config
 

@@ -99,6 +99,7 @@ def uninterrupted(cluster) -> Path:
     return out
 
 
+@pytest.mark.slow  # a whole smrl.sh run on 2 ranks: minutes on 2 cores (.ci/run's second step)
 def test_smrl_sh_trains_every_stage_and_evaluates_sharded(cluster, uninterrupted):
     train_log = json.loads((uninterrupted / "train_log.json").read_text())
     assert train_log["world_size"] == 2 and train_log["deepspeed"] is True
@@ -112,6 +113,7 @@ def test_smrl_sh_trains_every_stage_and_evaluates_sharded(cluster, uninterrupted
     assert requeues(cluster) == []
 
 
+@pytest.mark.slow  # a whole smrl.sh run on 2 ranks: minutes on 2 cores (.ci/run's second step)
 def test_pre_timeout_signal_mid_stage_checkpoints_requeues_and_resumes_exactly(cluster, uninterrupted):
     out = cluster["root"] / "requeued"
     proc = start(cluster, out, port=29621)

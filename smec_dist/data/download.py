@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import SmecError
+from ..io import publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,18 @@ def _check_name(name: str) -> None:
         )
 
 
-def _fetch(url: str, dest: Path, desc: str, progress: bool) -> str:
-    """Streams ``url`` into ``dest`` and returns the md5 hex digest of the bytes."""
+def fetch(url: str, dest: Path, desc: str, progress: bool) -> str:
+    """Streams ``url`` into ``dest`` and returns the md5 hex digest of the bytes.
+
+    Args:
+        url: Any URL ``urllib`` opens (``https://``, ``file://``).
+        dest: The file to write (overwritten).
+        desc: What the progress bar calls the download.
+        progress: Show a tqdm progress bar.
+
+    Raises:
+        SmecError: A network or disk failure, or fewer bytes than ``Content-Length`` said.
+    """
     digest = hashlib.md5()
     received = 0
     try:
@@ -176,7 +187,7 @@ def download_beir(
     unzipped: Path | None = None
     try:
         log.info("downloading %s from %s", name, url)
-        actual = _fetch(url, archive, name, progress)
+        actual = fetch(url, archive, name, progress)
         if md5 is not None and actual.lower() != md5.strip().lower():
             raise SmecError(f"{url}: md5 mismatch (expected {md5.strip().lower()}, got {actual})")
         try:
@@ -189,12 +200,9 @@ def download_beir(
             raise SmecError(
                 f"{url}: archive holds no BEIR dataset (corpus.jsonl, queries.jsonl, qrels/*.tsv)"
             )
-        try:
-            os.replace(found, target)
+        try:  # another process that finished the same download first wins: theirs is as good
+            publish_dir(found, target, is_beir_folder)
         except OSError as e:
-            if is_beir_folder(target):
-                # Another process finished the same download first; theirs is as good.
-                return target
             raise SmecError(f"{target}: cannot move the download into place ({e.strerror or e})") from None
     finally:
         archive.unlink(missing_ok=True)

@@ -17,14 +17,15 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import quote
 
 from ..errors import SmecError
-from .beir import _duplicate, _iter_jsonl_records, _jsonl_id, _string_field, doc_text
+from ..io import atomic_path
+from .beir import doc_text
+from .lines import duplicate_id_error, iter_jsonl_records, jsonl_id, string_field
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +105,14 @@ class PassageStore:
             raise SmecError(f"{db_path}: output folder {db_path.parent} not found")
         if db_path.is_dir():
             raise SmecError(f"{db_path}: is a folder, not a store file")
-        tmp = db_path.with_name(f".{db_path.name}.tmp-{os.getpid()}")
-        tmp.unlink(missing_ok=True)
         try:
-            count = _fill(tmp, corpus_jsonl, batch)
-            os.replace(tmp, db_path)
+            with atomic_path(db_path) as tmp:  # removed on any failure, renamed when complete
+                tmp.unlink(missing_ok=True)  # a leftover of a killed build: SQLite would open it
+                count = _fill(tmp, corpus_jsonl, batch)
         except sqlite3.Error as exc:
-            tmp.unlink(missing_ok=True)
             raise SmecError(f"{db_path}: cannot write the store ({exc})") from None
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise SmecError(f"{db_path}: cannot write the store ({exc.strerror or exc})") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         log.info("%s: %d passages from %s", db_path, count, corpus_jsonl)
         return cls(db_path)
 
@@ -229,15 +224,15 @@ def _fill(tmp: Path, corpus: Path, batch: int) -> int:
                     earlier = conn.execute("SELECT 1 FROM passages WHERE id = ? AND rowid <= ?",
                                            (pid, stored)).fetchone()
                     if pid in seen or earlier:
-                        raise _duplicate(corpus, lineno, pid, _jsonl_id) from None
+                        raise duplicate_id_error(corpus, lineno, pid, jsonl_id) from None
                     seen.add(pid)
                 raise
             stored += len(rows)
             rows.clear()
 
-        for lineno, pid, record in _iter_jsonl_records(corpus):
-            title = _string_field(corpus, lineno, record, "title", required=False)
-            text = _string_field(corpus, lineno, record, "text", required=True)
+        for lineno, pid, record in iter_jsonl_records(corpus):
+            title = string_field(corpus, lineno, record, "title", required=False)
+            text = string_field(corpus, lineno, record, "text", required=True)
             if not title.strip() and not text.strip():
                 empty += 1
             rows.append((pid, title, text, lineno))
@@ -259,7 +254,8 @@ def _fill(tmp: Path, corpus: Path, batch: int) -> int:
         conn.close()
 
 
-def store_command(args) -> str:
-    """``smec store build``: builds the store and returns the line to print."""
-    with PassageStore.build(args.output, args.corpus) as store:
+def build_store(corpus: str | Path, output: str | Path) -> str:
+    """``smec store build``: builds the store ``output`` from ``corpus`` (a BEIR
+    ``corpus.jsonl``) and returns the line to print."""
+    with PassageStore.build(output, corpus) as store:
         return f"{store.path}: {len(store)} passages"

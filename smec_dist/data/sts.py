@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SmecError
-from .beir import iter_lines
+from .lines import iter_tsv_rows
 
 STS_HEADER = ("sentence1", "sentence2", "score")
 STS_MIN_SCORE = 0.0
@@ -49,25 +49,7 @@ def load_sts(path: str | Path) -> list[StsPair]:
     """
     path = Path(path).expanduser()
     pairs: list[StsPair] = []
-    header_seen = False
-    for lineno, line in iter_lines(path):
-        if not header_seen:
-            cols = tuple(c.strip().lower() for c in line.split("\t"))
-            if cols != STS_HEADER:
-                raise SmecError(
-                    f"{path}:{lineno}: header must be 'sentence1<TAB>sentence2<TAB>score', got {line[:60]!r}"
-                )
-            header_seen = True
-            continue
-        if not line.strip():
-            continue
-        cols = line.split("\t")
-        if len(cols) != 3:
-            raise SmecError(
-                f"{path}:{lineno}: expected 3 tab-separated columns (sentence1, sentence2, score), "
-                f"got {len(cols)}"
-            )
-        s1, s2, raw = cols
+    for lineno, (s1, s2, raw) in iter_tsv_rows(path, STS_HEADER, got=lambda first: repr(first[:60])):
         try:
             score = float(raw)
         except ValueError:
@@ -76,8 +58,6 @@ def load_sts(path: str | Path) -> list[StsPair]:
         if not math.isfinite(score) or not STS_MIN_SCORE <= score <= STS_MAX_SCORE:
             raise SmecError(f"{path}:{lineno}: score {raw.strip()} is outside [0, 5]")
         pairs.append(StsPair(s1, s2, score))
-    if not header_seen:
-        raise SmecError(f"{path}: empty file (expected header 'sentence1<TAB>sentence2<TAB>score')")
     if not pairs:
         raise SmecError(f"{path}: no sentence pairs after the header")
     return pairs

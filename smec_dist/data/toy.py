@@ -19,128 +19,79 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import SmecError
+from ..io import atomic_dir
 from .beir import QRELS_HEADER
 
+# One entry per topic, ``name: words``, continued on indented lines: a table, not code.
+_TOPIC_TABLE = """
+astronomy: telescope galaxy nebula comet asteroid orbit planet star supernova quasar eclipse meteor
+    lunar solar cosmic pulsar constellation spectrum redshift observatory satellite crater jupiter
+    saturn mars venus gravity dwarf exoplanet luminosity parallax zenith
+cooking: recipe oven flour butter garlic onion simmer roast pastry dough sauce skillet spice pepper
+    vinegar braise bake knead yeast broth caramel dessert marinade saute grill herb lemon noodle
+    dumpling omelette custard batter
+medicine: patient diagnosis vaccine antibiotic surgery tumor clinic dosage symptom infection therapy
+    cardiac insulin diabetes nurse physician fever allergy immune pathogen biopsy chronic lesion
+    prescription hospital anesthesia inflammation virus chemotherapy placebo ward stroke
+football: goalkeeper striker penalty midfielder referee tackle dribble stadium league tournament
+    kickoff offside corner header defender coach transfer derby fixture championship goal pitch
+    winger captain substitute foul equaliser volley crossbar supporters relegation halftime
+finance: stock bond dividend inflation interest mortgage portfolio equity hedge bank loan currency
+    investor broker asset liability revenue profit deficit budget pension credit debt shareholder
+    valuation audit tax futures yield merger liquidity recession
+music: guitar piano violin melody harmony rhythm chord orchestra symphony concert album lyrics
+    drummer singer tempo opera jazz choir composer sonata tune bass trumpet cello band rehearsal
+    octave chorus ballad saxophone conductor quartet
+gardening: soil compost seedling pruning mulch greenhouse fertilizer weed tomato orchard shovel bulb
+    perennial hoe irrigation sprout blossom shrub lawn rake trellis pot cutting rose tulip harvest
+    watering aphid vegetable allotment germination topsoil
+computing: software compiler processor database algorithm server network kernel memory cache thread
+    debugger browser encryption firewall bandwidth keyboard laptop program bug python linux router
+    pixel storage cloud query login password backup protocol microchip
+ocean: coral reef whale dolphin tide wave seabed plankton shark current salinity lagoon kelp octopus
+    jellyfish shipwreck trench estuary seaweed submarine diver turtle anchor harbour coastline surf
+    mollusc oyster abyss buoy seagull lighthouse
+law: court judge jury verdict lawyer plaintiff defendant statute contract appeal lawsuit testimony
+    evidence prosecutor attorney sentence bail tribunal legislation constitution copyright patent
+    barrister clause settlement injunction witness subpoena custody parole magistrate arbitration
+railways: train locomotive railway platform carriage timetable station track signal freight
+    passenger tunnel viaduct signalman diesel steam commuter depot junction sleeper ticket express
+    tram metro gauge shunting boiler rail siding terminus coupling derailment
+weather: rain thunderstorm hurricane drought forecast humidity snow frost blizzard monsoon tornado
+    mist barometer heatwave hail fog wind temperature precipitation cyclone lightning drizzle sleet
+    gust rainfall climate meteorologist thermometer breeze flood icicle overcast
+architecture: cathedral facade column arch dome skyscraper balcony staircase brick concrete beam
+    roof gothic baroque courtyard blueprint architect tower bridge marble window vault pillar
+    foundation renovation villa atrium spire cornice mosaic terrace portico
+chemistry: molecule atom electron reaction catalyst acid alkali solvent compound polymer isotope
+    oxidation enzyme titration beaker crystal ion covalent hydrogen oxygen nitrogen carbon sodium
+    chloride ethanol distillation precipitate valence molar reagent electrolysis entropy
+birds: sparrow eagle owl falcon heron nest feather wingspan migration beak songbird parrot penguin
+    hawk robin swallow pelican flamingo woodpecker plumage hatchling egg flock birdwatching talon
+    crow raven kingfisher warbler gull stork aviary
+painting: canvas brush easel palette portrait landscape watercolour pigment fresco sketch gallery
+    museum impressionist oil acrylic lithograph varnish charcoal pastel mural exhibition masterpiece
+    curator hue perspective painter studio abstract frame gouache etching restoration
+"""
+
+
+def _word_table(text: str) -> dict[str, tuple[str, ...]]:
+    """``name: words ...`` entries (continued on indented lines) -> name -> the words, in order."""
+    table = {}
+    for entry in re.split(r"\n(?=\S)", text.strip()):
+        name, _, words = entry.partition(":")
+        table[name.strip()] = tuple(words.split())
+    return table
+
+
 #: Topic name -> 32 words that only that topic uses (disjoint across topics; tested).
-TOPIC_WORDS: dict[str, tuple[str, ...]] = {
-    "astronomy": (
-        "telescope", "galaxy", "nebula", "comet", "asteroid", "orbit", "planet", "star",
-        "supernova", "quasar", "eclipse", "meteor", "lunar", "solar", "cosmic", "pulsar",
-        "constellation", "spectrum", "redshift", "observatory", "satellite", "crater",
-        "jupiter", "saturn", "mars", "venus", "gravity", "dwarf", "exoplanet", "luminosity",
-        "parallax", "zenith",
-    ),
-    "cooking": (
-        "recipe", "oven", "flour", "butter", "garlic", "onion", "simmer", "roast", "pastry",
-        "dough", "sauce", "skillet", "spice", "pepper", "vinegar", "braise", "bake", "knead",
-        "yeast", "broth", "caramel", "dessert", "marinade", "saute", "grill", "herb", "lemon",
-        "noodle", "dumpling", "omelette", "custard", "batter",
-    ),
-    "medicine": (
-        "patient", "diagnosis", "vaccine", "antibiotic", "surgery", "tumor", "clinic",
-        "dosage", "symptom", "infection", "therapy", "cardiac", "insulin", "diabetes",
-        "nurse", "physician", "fever", "allergy", "immune", "pathogen", "biopsy", "chronic",
-        "lesion", "prescription", "hospital", "anesthesia", "inflammation", "virus",
-        "chemotherapy", "placebo", "ward", "stroke",
-    ),
-    "football": (
-        "goalkeeper", "striker", "penalty", "midfielder", "referee", "tackle", "dribble",
-        "stadium", "league", "tournament", "kickoff", "offside", "corner", "header",
-        "defender", "coach", "transfer", "derby", "fixture", "championship", "goal", "pitch",
-        "winger", "captain", "substitute", "foul", "equaliser", "volley", "crossbar",
-        "supporters", "relegation", "halftime",
-    ),
-    "finance": (
-        "stock", "bond", "dividend", "inflation", "interest", "mortgage", "portfolio",
-        "equity", "hedge", "bank", "loan", "currency", "investor", "broker", "asset",
-        "liability", "revenue", "profit", "deficit", "budget", "pension", "credit", "debt",
-        "shareholder", "valuation", "audit", "tax", "futures", "yield", "merger", "liquidity",
-        "recession",
-    ),
-    "music": (
-        "guitar", "piano", "violin", "melody", "harmony", "rhythm", "chord", "orchestra",
-        "symphony", "concert", "album", "lyrics", "drummer", "singer", "tempo", "opera",
-        "jazz", "choir", "composer", "sonata", "tune", "bass", "trumpet", "cello", "band",
-        "rehearsal", "octave", "chorus", "ballad", "saxophone", "conductor", "quartet",
-    ),
-    "gardening": (
-        "soil", "compost", "seedling", "pruning", "mulch", "greenhouse", "fertilizer",
-        "weed", "tomato", "orchard", "shovel", "bulb", "perennial", "hoe",
-        "irrigation", "sprout", "blossom", "shrub", "lawn", "rake", "trellis", "pot",
-        "cutting", "rose", "tulip", "harvest", "watering", "aphid", "vegetable", "allotment",
-        "germination", "topsoil",
-    ),
-    "computing": (
-        "software", "compiler", "processor", "database", "algorithm", "server", "network",
-        "kernel", "memory", "cache", "thread", "debugger", "browser", "encryption",
-        "firewall", "bandwidth", "keyboard", "laptop", "program", "bug", "python", "linux",
-        "router", "pixel", "storage", "cloud", "query", "login", "password", "backup",
-        "protocol", "microchip",
-    ),
-    "ocean": (
-        "coral", "reef", "whale", "dolphin", "tide", "wave", "seabed", "plankton", "shark",
-        "current", "salinity", "lagoon", "kelp", "octopus", "jellyfish", "shipwreck",
-        "trench", "estuary", "seaweed", "submarine", "diver", "turtle", "anchor", "harbour",
-        "coastline", "surf", "mollusc", "oyster", "abyss", "buoy", "seagull", "lighthouse",
-    ),
-    "law": (
-        "court", "judge", "jury", "verdict", "lawyer", "plaintiff", "defendant", "statute",
-        "contract", "appeal", "lawsuit", "testimony", "evidence", "prosecutor", "attorney",
-        "sentence", "bail", "tribunal", "legislation", "constitution", "copyright", "patent",
-        "barrister", "clause", "settlement", "injunction", "witness", "subpoena",
-        "custody", "parole", "magistrate", "arbitration",
-    ),
-    "railways": (
-        "train", "locomotive", "railway", "platform", "carriage", "timetable", "station",
-        "track", "signal", "freight", "passenger", "tunnel", "viaduct", "signalman",
-        "diesel", "steam", "commuter", "depot", "junction", "sleeper", "ticket", "express",
-        "tram", "metro", "gauge", "shunting", "boiler", "rail", "siding", "terminus",
-        "coupling", "derailment",
-    ),
-    "weather": (
-        "rain", "thunderstorm", "hurricane", "drought", "forecast", "humidity", "snow",
-        "frost", "blizzard", "monsoon", "tornado", "mist", "barometer", "heatwave",
-        "hail", "fog", "wind", "temperature", "precipitation", "cyclone", "lightning",
-        "drizzle", "sleet", "gust", "rainfall", "climate", "meteorologist", "thermometer",
-        "breeze", "flood", "icicle", "overcast",
-    ),
-    "architecture": (
-        "cathedral", "facade", "column", "arch", "dome", "skyscraper", "balcony", "staircase",
-        "brick", "concrete", "beam", "roof", "gothic", "baroque", "courtyard", "blueprint",
-        "architect", "tower", "bridge", "marble", "window", "vault", "pillar", "foundation",
-        "renovation", "villa", "atrium", "spire", "cornice", "mosaic", "terrace", "portico",
-    ),
-    "chemistry": (
-        "molecule", "atom", "electron", "reaction", "catalyst", "acid", "alkali", "solvent",
-        "compound", "polymer", "isotope", "oxidation", "enzyme", "titration", "beaker",
-        "crystal", "ion", "covalent", "hydrogen", "oxygen", "nitrogen", "carbon", "sodium",
-        "chloride", "ethanol", "distillation", "precipitate", "valence", "molar", "reagent",
-        "electrolysis", "entropy",
-    ),
-    "birds": (
-        "sparrow", "eagle", "owl", "falcon", "heron", "nest", "feather", "wingspan",
-        "migration", "beak", "songbird", "parrot", "penguin", "hawk", "robin", "swallow",
-        "pelican", "flamingo", "woodpecker", "plumage", "hatchling", "egg", "flock",
-        "birdwatching", "talon", "crow", "raven", "kingfisher", "warbler", "gull",
-        "stork", "aviary",
-    ),
-    "painting": (
-        "canvas", "brush", "easel", "palette", "portrait", "landscape", "watercolour",
-        "pigment", "fresco", "sketch", "gallery", "museum", "impressionist", "oil", "acrylic",
-        "lithograph", "varnish", "charcoal", "pastel", "mural", "exhibition", "masterpiece",
-        "curator", "hue", "perspective", "painter", "studio", "abstract", "frame", "gouache",
-        "etching", "restoration",
-    ),
-}
+TOPIC_WORDS: dict[str, tuple[str, ...]] = _word_table(_TOPIC_TABLE)
 
 #: Words every topic's documents use, so that no document is a pure bag of topic words.
 FILLER_WORDS: tuple[str, ...] = (
@@ -295,31 +246,25 @@ def make_toy_dataset(
         extra = [did for _, did in close[: rng.randint(0, 2)]]
         judged.append((qid, [(primary[0], 2)] + [(did, 1) for did in extra]))
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write_lines(tmp / "corpus.jsonl", [
-            json.dumps({"_id": did, "title": title, "text": text, "metadata": {"topic": topic_names[t]}})
-            for did, t, _, title, text in docs
-        ])
-        _write_lines(tmp / "queries.jsonl", [json.dumps({"_id": qid, "text": text}) for qid, text in queries])
-        (tmp / "qrels").mkdir()
-        header = "\t".join(QRELS_HEADER)
-        for s, split in enumerate(splits):
-            rows = [f"{qid}\t{did}\t{grade}" for qid, rel in judged[s::len(splits)] for did, grade in rel]
-            _write_lines(tmp / "qrels" / f"{split}.tsv", [header] + rows)
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; a dataset folder is meant to be shared
-        os.replace(tmp, out)  # rename(2) also replaces the empty folder allowed above
+        with atomic_dir(out) as tmp:  # renamed over the empty folder allowed above, removed on failure
+            _write_lines(tmp / "corpus.jsonl", [
+                json.dumps({"_id": did, "title": title, "text": text, "metadata": {"topic": topic_names[t]}})
+                for did, t, _, title, text in docs
+            ])
+            _write_lines(tmp / "queries.jsonl", [json.dumps({"_id": qid, "text": text}) for qid, text in queries])
+            (tmp / "qrels").mkdir()
+            header = "\t".join(QRELS_HEADER)
+            for s, split in enumerate(splits):
+                rows = [f"{qid}\t{did}\t{grade}" for qid, rel in judged[s::len(splits)] for did, grade in rel]
+                _write_lines(tmp / "qrels" / f"{split}.tsv", [header] + rows)
+            tmp.chmod(0o755)  # mkdtemp makes it 0700; a dataset folder is meant to be shared
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise SmecError(f"--output {out}: cannot write ({exc.strerror or exc})") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
-def toy_command(args) -> str:
-    """``smec toy``: writes the dataset and returns the line to print."""
-    out = make_toy_dataset(args.output, n_docs=args.docs, n_queries=args.queries, n_topics=args.topics,
-                           seed=args.seed)
-    return f"{out}: {args.docs} docs, {args.queries} queries, {args.topics} topics (seed {args.seed})"
+def write_toy(output: str | Path, *, docs: int = 200, queries: int = 40, topics: int = 8, seed: int = 0) -> str:
+    """``smec toy``: writes the dataset (:func:`make_toy_dataset`) and returns the line to print."""
+    out = make_toy_dataset(output, n_docs=docs, n_queries=queries, n_topics=topics, seed=seed)
+    return f"{out}: {docs} docs, {queries} queries, {topics} topics (seed {seed})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from smec_dist.evaluation.bm25 import bm25_name, bm25_run, stemmer_name
 from smec_dist.evaluation.metrics import HEADLINE, evaluate_run, metric_names, per_query
-from smec_dist.evaluation.search import exact_search, gpu_available, search_run, to_run
+from smec_dist.evaluation.search import exact_search, gpu_available, search_metrics, search_run, to_run
 
 __all__ = [
     "HEADLINE",
@@ -15,6 +15,7 @@ __all__ = [
     "gpu_available",
     "metric_names",
     "per_query",
+    "search_metrics",
     "search_run",
     "stemmer_name",
     "to_run",

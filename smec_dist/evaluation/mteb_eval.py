@@ -26,7 +26,6 @@ not import it; touching :class:`MTEBEncoder` or calling a function does.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -36,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from smec_dist.console import bars_off
 from smec_dist.errors import SmecError
 
 logger = logging.getLogger(__name__)
@@ -89,22 +89,14 @@ def model_meta(model: object, dim: int | None = None, name: str | None = None,
         loader=None,
         name=f"smec/{_safe_name(base)}-{width if width is not None else 'full'}",
         revision=_safe_name(rev),
-        release_date=None,
-        languages=None,
-        n_parameters=None,
-        memory_usage_mb=None,
-        max_tokens=None,
         embed_dim=width,
-        license=None,
-        open_weights=None,
-        public_training_code=None,
-        public_training_data=None,
         framework=["PyTorch"],
         # Our evaluator searches by inner product (faiss IndexFlatIP); dot keeps MTEB's
         # ranking identical even for a model whose outputs are not unit length.
         similarity_fn_name="dot",
         use_instructions=False,
-        training_datasets=None,
+        **dict.fromkeys(("release_date", "languages", "n_parameters", "memory_usage_mb", "max_tokens", "license",
+                         "open_weights", "public_training_code", "public_training_data", "training_datasets")),
     )
 
 
@@ -283,14 +275,9 @@ def local_retrieval_task(folder: str | Path, split: str = "test"):
         eval_splits=[split],
         eval_langs=["eng-Latn"],
         main_score="ndcg_at_10",
-        date=None,
-        domains=None,
-        task_subtypes=None,
-        license=None,
-        annotations_creators=None,
-        dialect=None,
-        sample_creation=None,
         bibtex_citation="",
+        **dict.fromkeys(("date", "domains", "task_subtypes", "license", "annotations_creators", "dialect",
+                         "sample_creation")),  # unknown for a local folder
     )
     # A class per task keeps ``metadata`` a class attribute, as MTEB expects
     # (``unload_data`` drops an instance-level one).
@@ -358,20 +345,6 @@ def _summarise(result, split: str) -> dict:
     return metrics
 
 
-@contextlib.contextmanager
-def _quiet_datasets():
-    """Silences the ``datasets`` progress bars MTEB's ``Dataset.map`` calls print, then restores them."""
-    from datasets.utils import logging as ds_logging
-
-    was_enabled = ds_logging.is_progress_bar_enabled()
-    ds_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            ds_logging.enable_progress_bar()
-
-
 def check_tasks(tasks: Sequence[str], data_dir: str | Path, split: str = "test") -> None:
     """Fail (SmecError) on a task name that is neither a local BEIR folder nor an MTEB task,
     before anything is encoded."""
@@ -435,7 +408,7 @@ def run_mteb(
     cache = mteb.ResultCache(cache_path=output_dir)
     out: dict[str, dict] = {}
     for task_name, task, local in resolved:
-        with _quiet_datasets():
+        with bars_off("datasets"):  # the bars of MTEB's Dataset.map calls
             model_result = _evaluate_one(mteb, encoder, task_name, task, local, split, cache, batch_size)
         if not model_result.task_results:
             raise SmecError(f"task '{task_name}': MTEB produced no result")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from smec_dist.errors import SmecError
+from smec_dist.io import atomic_path
 from smec_dist.evaluation.metrics import evaluate_run, sorted_docs
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def _detect(path: Path, lineno: int, line: str) -> str:
 
 def _iter_rows(path: Path) -> Iterator[tuple[int, str, str, str, str, str]]:
     """Yields ``(line, format, qid, pid, query text, passage text)`` per non-blank line."""
-    from smec_dist.data.beir import iter_lines
+    from smec_dist.data.lines import iter_lines
 
     fmt = None
     for lineno, line in iter_lines(path):
@@ -258,7 +258,7 @@ def rerank(
 
 def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | Path, tag: str = RUN_TAG) -> Path:
     """Writes a run as TREC lines ``qid Q0 docid rank score tag`` (written to a temporary
-    name, then renamed).
+    name, then renamed: :func:`smec_dist.io.atomic_path`).
 
     Raises:
         SmecError: The folder is missing or the file cannot be written.
@@ -266,15 +266,12 @@ def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | Path, tag
     path = Path(path).expanduser()
     if not path.parent.is_dir():
         raise SmecError(f"--output {path}: folder {path.parent} not found")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
             for qid, docs in run.items():
                 for rank, (pid, score) in enumerate(sorted_docs(docs), 1):
                     f.write(f"{qid} Q0 {pid} {rank} {score:.6f} {tag}\n")
-        os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise SmecError(f"--output {path}: cannot write ({exc.strerror or exc})") from None
     return path
 
@@ -300,18 +297,18 @@ def _encode_passages(encoder, pids: list[str], text_of: Callable[[list[str]], li
     return out
 
 
-def _passage_source(args, cands: Candidates, pids: list[str], root: Path,
+def _passage_source(store: str | Path | None, cands: Candidates, pids: list[str], root: Path,
                     closing: ExitStack) -> Callable[[list[str]], list[str]]:
     """The function giving a chunk of candidate passages' texts, after checking that every
-    candidate has one: from ``--store``, else an MS MARCO file's own texts, else the corpus."""
+    candidate has one: from ``store``, else an MS MARCO file's own texts, else the corpus."""
     from smec_dist.data.beir import doc_text, load_corpus
 
-    if args.store:
+    if store:
         from smec_dist.data.store import PassageStore
 
-        store = closing.enter_context(PassageStore(args.store))
-        cands.refuse_unknown("passage", store.missing(pids), store.path)
-        return store.texts
+        opened = closing.enter_context(PassageStore(store))
+        cands.refuse_unknown("passage", opened.missing(pids), opened.path)
+        return opened.texts
     if cands.format == "msmarco":
         return lambda chunk: [cands.passage_texts[p] for p in chunk]
     corpus = load_corpus(root / "corpus.jsonl")
@@ -319,59 +316,88 @@ def _passage_source(args, cands: Candidates, pids: list[str], root: Path,
     return lambda chunk: [doc_text(corpus[p]) for p in chunk]
 
 
-def rerank_command(args) -> str:
+def rerank_candidates(
+    candidates: str | Path,
+    dataset: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    split: str = "test",
+    model: str = "minilm",
+    head: str | Path | None = None,
+    dim: int | None = None,
+    store: str | Path | None = None,
+    output: str | Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> str:
     """``smec rerank``: encode, re-rank, write the run, evaluate; returns the lines to print.
 
-    Query texts come from the dataset's ``queries.jsonl``; passage texts from ``--store``
-    when given, else from an MS MARCO top1000 file itself, else from the dataset's
+    Query texts come from the dataset's ``queries.jsonl``; passage texts from ``store`` when
+    given, else from an MS MARCO top1000 file itself, else from the dataset's
     ``corpus.jsonl``. Unknown ids are errors (see the module docstring).
+
+    Args:
+        candidates: The candidates file (TREC run, MS MARCO top1000, or qid<TAB>pid pairs).
+        dataset: A BEIR folder, or a dataset name under ``data_dir``.
+        data_dir: Where named datasets live; None: ``data.data_dir``'s default
+            (``$SMEC_DATA_DIR``).
+        split: The qrels split to evaluate when the dataset has it.
+        model: The encoder (alias, folder or hub id).
+        head: A trained head ``.safetensors`` to compress with (needs ``dim``).
+        dim: The head's output dim.
+        store: A passage store (``smec store build``) to take passage texts from.
+        output: The TREC run to write; None: ``<candidates stem>.rerank.tsv`` here.
+        batch_size: Texts per encoder batch.
+        progress: Show progress bars.
+
+    Raises:
+        SmecError: Inconsistent arguments, unknown ids, unreadable inputs, an unwritable run.
     """
     from smec_dist.backbone import load_encoder
     from smec_dist.config import DataConfig
     from smec_dist.data.beir import load_qrels, load_queries
     from smec_dist.data.download import ensure_dataset
 
-    if args.dim is not None and not args.head:
+    if dim is not None and not head:
         raise SmecError("--dim needs --head (the head that compresses to that dim)")
-    if args.head and args.dim is None:
+    if head and dim is None:
         raise SmecError("--head needs --dim (one of the head's dims)")
-    if args.batch_size < 1:
-        raise SmecError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    cands = load_candidates(args.candidates)
-    out = Path(args.output or f"{cands.path.stem}.rerank.tsv").expanduser()
+    if batch_size < 1:
+        raise SmecError(f"--batch-size must be a positive integer, got {batch_size}")
+    cands = load_candidates(candidates)
+    out = Path(output or f"{cands.path.stem}.rerank.tsv").expanduser()
     if not out.parent.is_dir():
         raise SmecError(f"--output {out}: folder {out.parent} not found")
-    root = ensure_dataset(args.dataset, args.data_dir or DataConfig().data_dir)
+    root = ensure_dataset(dataset, data_dir or DataConfig().data_dir)
     queries = load_queries(root / "queries.jsonl")
     qids = list(cands.lists)
     cands.refuse_unknown("query", [q for q in qids if q not in queries], root / "queries.jsonl")
-    qrels_path = root / "qrels" / f"{args.split}.tsv"
+    qrels_path = root / "qrels" / f"{split}.tsv"
     qrels = load_qrels(qrels_path, queries) if qrels_path.is_file() else None
 
-    head = None
-    if args.head:
-        from smec_dist.head import CompressedModel
+    compressor = None
+    if head:
+        from smec_dist.method.export import CompressedModel
 
-        head = CompressedModel.load(args.head)
-        if args.dim not in head.dims and args.dim != head.head.full_dim:
-            raise SmecError(f"--dim {args.dim} is not one of {args.head}'s dims {head.dims}")
+        compressor = CompressedModel.load(head)
+        if dim not in compressor.dims and dim != compressor.head.full_dim:
+            raise SmecError(f"--dim {dim} is not one of {head}'s dims {compressor.dims}")
 
     pids = cands.pids()
     with ExitStack() as closing:
-        text_of = _passage_source(args, cands, pids, root, closing)
-        encoder = load_encoder(args.model)
-        if head is not None and encoder.dim != head.head.full_dim:
-            raise SmecError(f"--head {args.head}: made for width {head.head.full_dim}, but --model {args.model} "
+        text_of = _passage_source(store, cands, pids, root, closing)
+        encoder = load_encoder(model)
+        if compressor is not None and encoder.dim != compressor.head.full_dim:
+            raise SmecError(f"--head {head}: made for width {compressor.head.full_dim}, but --model {model} "
                             f"gives {encoder.dim}")
 
         def compress(x: np.ndarray) -> np.ndarray:
-            return head.compress(x, args.dim) if head is not None else x
+            return compressor.compress(x, dim) if compressor is not None else x
 
         start = time.perf_counter()
-        q_emb = compress(encoder.encode([queries[q] for q in qids], batch_size=args.batch_size,
-                                        progress=args.progress, desc="queries"))  # (n_queries, dim)
-        d_emb = _encode_passages(encoder, pids, text_of, compress,
-                                 args.batch_size, args.progress)  # (n_passages, dim)
+        q_emb = compress(encoder.encode([queries[q] for q in qids], batch_size=batch_size,
+                                        progress=progress, desc="queries"))  # (n_queries, dim)
+        d_emb = _encode_passages(encoder, pids, text_of, compress, batch_size, progress)  # (n_passages, dim)
         encode_s = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -379,11 +405,11 @@ def rerank_command(args) -> str:
     ms_per_query = 1000 * (time.perf_counter() - start) / max(len(run), 1)
     write_trec_run(run, out)
 
-    width = f"dim {args.dim} ({Path(args.head).name})" if head is not None else f"dim {q_emb.shape[1]}"
+    width = f"dim {dim} ({Path(head).name})" if compressor is not None else f"dim {q_emb.shape[1]}"
     lines = [
         f"{cands.path} ({cands.format}): {len(qids)} queries, {cands.n_pairs} candidates, "
         f"{len(pids)} distinct passages",
-        f"run: {out} ({args.model}, {width}; encoding {encode_s:.1f} s)",
+        f"run: {out} ({model}, {width}; encoding {encode_s:.1f} s)",
     ]
     if qrels is None:
         lines.append(f"{qrels_path}: not found, so no metrics")
@@ -391,7 +417,7 @@ def rerank_command(args) -> str:
         scores = evaluate_run(qrels, run, k_values=RERANK_K)
         without = sum(q not in run for q in qrels)
         note = f"; {without} judged queries without candidates count 0" if without else ""
-        lines.append(f"{args.split} ({len(qrels)} queries{note}): "
+        lines.append(f"{split} ({len(qrels)} queries{note}): "
                      + "  ".join(f"{name} {scores[name]:.4f}" for name in PRINTED))
     lines.append(f"re-ranking: {ms_per_query:.3f} ms/query")
     return "\n".join(lines)

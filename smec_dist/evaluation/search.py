@@ -7,12 +7,14 @@ an approximate index would add its own, dimension-dependent, recall loss.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
 import faiss
 import numpy as np
 
 from smec_dist.errors import SmecError
+from smec_dist.evaluation.metrics import evaluate_run
 
 logger = logging.getLogger(__name__)
 
@@ -178,3 +180,39 @@ def search_run(
         raise SmecError(f"query_ids: {len(query_ids)} ids for {len(queries)} query embeddings")
     scores, indices = exact_search(docs, queries, k, use_gpu=use_gpu)
     return to_run(query_ids, doc_ids, scores, indices)
+
+
+def search_metrics(
+    docs: np.ndarray,
+    doc_ids: Sequence[str],
+    queries: np.ndarray,
+    query_ids: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    k: int = 100,
+    k_values: Sequence[int] = (10, 100),
+    use_gpu: str = "auto",
+    efficiency: bool = False,
+) -> dict[str, float]:
+    """Exact search, then the BEIR metric suite: the one "search + metrics" of the project.
+
+    Args:
+        docs / doc_ids / queries / query_ids: as for :func:`search_run`.
+        qrels: ``{query_id: {doc_id: relevance}}``.
+        k: documents kept per query (at least ``max(k_values)``).
+        k_values: cut-offs of the metrics (:func:`smec_dist.evaluation.metrics.evaluate_run`).
+        efficiency: also report ``bytes/doc`` (of the index, in ``docs``' dtype) and
+            ``ms/query`` (the search alone).
+    """
+    if len(doc_ids) != len(docs):
+        raise SmecError(f"doc_ids: {len(doc_ids)} ids for {len(docs)} document embeddings")
+    if len(query_ids) != len(queries):
+        raise SmecError(f"query_ids: {len(query_ids)} ids for {len(queries)} query embeddings")
+    t = time.perf_counter()
+    scores, indices = exact_search(docs, queries, k, use_gpu=use_gpu)
+    seconds = time.perf_counter() - t
+    metrics = evaluate_run(qrels, to_run(query_ids, doc_ids, scores, indices), k_values)
+    if efficiency:
+        docs = np.asarray(docs)
+        metrics["bytes/doc"] = float(docs.shape[1] * docs.dtype.itemsize)
+        metrics["ms/query"] = 1000.0 * seconds / max(1, len(queries))
+    return metrics

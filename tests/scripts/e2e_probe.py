@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from smec_dist import dist  # noqa: E402
 from smec_dist.config import load_config  # noqa: E402
-from smec_dist.e2e import E2EJob  # noqa: E402
+from smec_dist.recipes.e2e import E2EJob  # noqa: E402
 
 
 def main(mode: str, out: str, data_dir: str, global_batch: int) -> None:

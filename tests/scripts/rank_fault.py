@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from smec_dist.cli import main  # noqa: E402
-from smec_dist.e2e import PairTask  # noqa: E402
+from smec_dist.train.pairs import PairTask  # noqa: E402
 
 MODE = sys.argv[1]
 original = PairTask.loss

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from smec_dist import dist  # noqa: E402
 from smec_dist.config import load_config  # noqa: E402
-from smec_dist.e2e import E2EJob  # noqa: E402
+from smec_dist.recipes.e2e import E2EJob  # noqa: E402
 
 
 def main(original: str, overrides: list[str]) -> int:

@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbone import Encoder
-from .cache import file_table_problem, read_file_manifest, write_file_manifest
-from .errors import SmecError
-from .losses import info_nce
+from ..backbone import Encoder
+from ..errors import SmecError
+from ..io import atomic_dir, file_table_problem, read_file_manifest, write_file_manifest
+from ..method.losses import info_nce
 
 log = logging.getLogger(__name__)
 
@@ -390,21 +390,16 @@ def save_adapter(model: torch.nn.Module, adapter_name: str, folder: Path) -> Pat
     """Save one adapter with PEFT's ``save_pretrained`` into ``folder`` (replaced whole, so a
     reader sees the old folder or the new one, with a sha256 manifest of its files)."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(str(tmp), selected_adapters=[adapter_name], safe_serialization=True)
-        staged = tmp / adapter_name if adapter_name != "default" else tmp
-        write_file_manifest(staged, ADAPTER_FILES)
-        if folder.exists():
-            folder.rename(old)
-        staged.rename(folder)
+        with atomic_dir(folder) as tmp:
+            model.save_pretrained(str(tmp / "peft"), selected_adapters=[adapter_name], safe_serialization=True)
+            staged = tmp / "peft" / adapter_name if adapter_name != "default" else tmp / "peft"
+            for path in staged.iterdir():  # PEFT puts a named adapter in a subfolder of its own
+                os.replace(path, tmp / path.name)
+            shutil.rmtree(tmp / "peft")
+            write_file_manifest(tmp, ADAPTER_FILES)
     except OSError as exc:
         raise SmecError(f"{folder}: cannot save the adapter ({exc.strerror or exc})") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

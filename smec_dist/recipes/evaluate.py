@@ -20,21 +20,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import dist
-from .backbone import Encoder, load_encoder, resolve_device, resolve_model
-from .cache import build_cache, file_table_problem, load_cache, read_file_manifest
-from .config import Config
-from .data import load_beir
-from .data.download import ensure_dataset
-from .errors import SmecError
-from .head import load_head
+from .. import dist
+from ..backbone import Encoder, load_encoder, resolve_device, resolve_model
+from ..cache import build_cache, load_cache
+from ..config import Config
+from ..data import ensure_dataset, load_beir
+from ..errors import SmecError
+from ..evaluation.search import search_metrics
+from ..io import atomic_write_json, atomic_write_text, file_table_problem, read_file_manifest
+from ..method.export import load_head
+from .base import Recipe, execute
 
 log = logging.getLogger(__name__)
 
@@ -191,73 +192,92 @@ def _files_identity(folder: Path) -> str:
 # ------------------------------------------------------------------------------ evaluation
 
 
-def evaluate_model(model: SmecModel, cfg: Config, out_dir: str | Path, methods: list[str] | None = None,
-                   mteb_tasks: list[str] | None = None, mteb_dim: int | None = None) -> dict:
-    """Metrics of ``model`` on ``data.dataset`` / ``data.eval_split`` for every method and dim.
+class Evaluation(Recipe):
+    """``smec eval`` as setup -> run -> save: metrics of ``model`` on ``data.dataset`` /
+    ``data.eval_split`` for every method and dim.
 
     Runs on one process or on every rank of ``accelerate launch`` (encoding sharded, search
     and metrics on rank 0, the result returned on every rank). Writes ``eval.json`` and
     ``eval.md`` into ``out_dir`` and keeps the embeddings under ``out_dir/embeddings``.
     """
-    from .evaluation import evaluate_run, search_run
 
-    out = Path(out_dir)
-    ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
-    split = cfg.data.eval_split
-    if split not in ds.qrels:
-        raise SmecError(f"data.eval_split: '{split}' is not a split of {ds.root} "
-                        f"(it has {', '.join(sorted(ds.qrels)) or 'no qrels'})")
-    methods = methods or model.methods
-    for m in methods:
-        model.check(m, None)  # unknown methods and tasks fail before any encoding
-    if mteb_tasks:
-        from .evaluation.mteb_eval import check_tasks
+    def __init__(self, model: SmecModel, cfg: Config, out_dir: str | Path, methods: list[str] | None = None,
+                 mteb_tasks: list[str] | None = None, mteb_dim: int | None = None):
+        self.model, self.cfg, self.out = model, cfg, Path(out_dir)
+        self.methods, self.mteb_tasks, self.mteb_dim = methods or model.methods, mteb_tasks, mteb_dim
 
-        check_tasks(mteb_tasks, cfg.data.data_dir, split)
-    qrels = {q: d for q, d in ds.qrels[split].items() if q in ds.queries}
-    qids = sorted(qrels)
-    doc_ids = ds.doc_ids()
-    parts = {"corpus": (doc_ids, model.texts(ds.doc_texts(), "doc")),
-             "queries": (qids, model.texts([ds.queries[q] for q in qids], "query"))}
-    rank, world = dist.rank(), dist.world_size()
-    log.info("evaluating %s on %s %s (%d queries, %d documents), rank %d/%d", model.name, ds.name, split,
-             len(qids), len(doc_ids), rank, world)
-    emb_dir = out / "embeddings"
-    build_cache(emb_dir, model.encoder, model.identity, parts, dataset_path=str(ds.root), dtype="float32",
-                shard_size=cfg.cache.shard_size, batch_size=cfg.model.batch_size, rank=rank, world_size=world,
-                barrier=dist.barrier, progress=cfg.run.progress and dist.is_main())
-    result = None
-    if dist.is_main():
-        cache = load_cache(emb_dir)
-        docs, queries = cache.embeddings("corpus"), cache.embeddings("queries")
-        metrics: dict[str, dict[str, dict]] = {
-            FULL: {str(model.full_dim): evaluate_run(qrels, search_run(docs, doc_ids, queries, qids,
-                                                                        k=cfg.run.search_k))}}
-        for m in methods:
-            metrics[m] = {}
-            for dim in model.dims(m):
-                run = search_run(model.compress(docs, m, dim), doc_ids, model.compress(queries, m, dim), qids,
-                                 k=cfg.run.search_k)
-                metrics[m][str(dim)] = evaluate_run(qrels, run)
-        result = {"model": model.name, "dataset": ds.name, "split": split, "queries": len(qids),
-                  "documents": len(doc_ids), "world_size": world, "full_dim": model.full_dim, "metrics": metrics}
-        _write_json(out / "eval.json", result)
-        _write_text(out / "eval.md", table(result))
-        log.info("wrote %s", out / "eval.json")
-    result = dist.broadcast_object(result)
-    if mteb_tasks:
-        result["mteb"] = run_mteb_tasks(model, mteb_tasks, cfg, out / "mteb", mteb_dim)
+    def setup(self) -> None:
+        """Every check before any encoding: the split, the methods, the MTEB tasks."""
+        cfg, model = self.cfg, self.model
+        self.ds = ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
+        self.split = split = cfg.data.eval_split
+        if split not in ds.qrels:
+            raise SmecError(f"data.eval_split: '{split}' is not a split of {ds.root} "
+                            f"(it has {', '.join(sorted(ds.qrels)) or 'no qrels'})")
+        for m in self.methods:
+            model.check(m, None)
+        if self.mteb_tasks:
+            from ..evaluation.mteb_eval import check_tasks
+
+            check_tasks(self.mteb_tasks, cfg.data.data_dir, split)
+        self.qrels = {q: d for q, d in ds.qrels[split].items() if q in ds.queries}
+        self.qids = sorted(self.qrels)
+        self.doc_ids = ds.doc_ids()
+
+    def run(self) -> dict:
+        cfg, model, ds, qids, doc_ids = self.cfg, self.model, self.ds, self.qids, self.doc_ids
+        parts = {"corpus": (doc_ids, model.texts(ds.doc_texts(), "doc")),
+                 "queries": (qids, model.texts([ds.queries[q] for q in qids], "query"))}
+        rank, world = dist.rank(), dist.world_size()
+        log.info("evaluating %s on %s %s (%d queries, %d documents), rank %d/%d", model.name, ds.name, self.split,
+                 len(qids), len(doc_ids), rank, world)
+        emb_dir = self.out / "embeddings"
+        build_cache(emb_dir, model.encoder, model.identity, parts, dataset_path=str(ds.root), dtype="float32",
+                    shard_size=cfg.cache.shard_size, batch_size=cfg.model.batch_size, rank=rank, world_size=world,
+                    barrier=dist.barrier, progress=cfg.run.progress and dist.is_main())
+        result = None
         if dist.is_main():
-            _write_json(out / "eval.json", result)
-    dist.barrier()
-    return result
+            cache = load_cache(emb_dir)
+            docs, queries = cache.embeddings("corpus"), cache.embeddings("queries")
+            k = cfg.run.search_k
+            metrics: dict[str, dict[str, dict]] = {
+                FULL: {str(model.full_dim): search_metrics(docs, doc_ids, queries, qids, self.qrels, k=k)}}
+            for m in self.methods:
+                metrics[m] = {str(dim): search_metrics(model.compress(docs, m, dim), doc_ids,
+                                                       model.compress(queries, m, dim), qids, self.qrels, k=k)
+                              for dim in model.dims(m)}
+            result = {"model": model.name, "dataset": ds.name, "split": self.split, "queries": len(qids),
+                      "documents": len(doc_ids), "world_size": world, "full_dim": model.full_dim, "metrics": metrics}
+            self.write(result)  # the metrics are kept even if MTEB fails after them
+        result = dist.broadcast_object(result)
+        if self.mteb_tasks:
+            result["mteb"] = run_mteb_tasks(model, self.mteb_tasks, cfg, self.out / "mteb", self.mteb_dim)
+        return result
+
+    def write(self, result: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "eval.json", result, indent=1)
+        atomic_write_text(self.out / "eval.md", table(result))
+        log.info("wrote %s", self.out / "eval.json")
+
+    def save(self, result: dict) -> dict:
+        if dist.is_main() and self.mteb_tasks:
+            self.write(result)
+        dist.barrier()
+        return result
+
+
+def evaluate_model(model: SmecModel, cfg: Config, out_dir: str | Path, methods: list[str] | None = None,
+                   mteb_tasks: list[str] | None = None, mteb_dim: int | None = None) -> dict:
+    """Run :class:`Evaluation`; returns its result on every rank."""
+    return execute(Evaluation(model, cfg, out_dir, methods, mteb_tasks, mteb_dim))
 
 
 def run_mteb_tasks(model: SmecModel, tasks: list[str], cfg: Config, out_dir: Path, dim: int | None) -> dict:
     """MTEB's evaluation of ``model`` at ``dim`` (rank 0 only: MTEB runs in one process)."""
     scores = None
     if dist.is_main():
-        from .evaluation.mteb_eval import run_mteb
+        from ..evaluation.mteb_eval import run_mteb
 
         scores = run_mteb(model, tasks, cfg.data.data_dir, out_dir, dim=dim, split=cfg.data.eval_split,
                           batch_size=cfg.model.batch_size)
@@ -277,14 +297,3 @@ def table(result: dict, metric: str = "nDCG@10") -> str:
         cells = [f"{per[str(d)][metric]:.4f}" if str(d) in per else "" for d in dims]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _write_json(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=1))
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

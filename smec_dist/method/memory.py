@@ -7,7 +7,36 @@ References:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class Samples:
+    """Each anchor's hard samples, stored once per distinct item.
+
+    Neighbourhoods of a batch overlap heavily (64 SciFact queries x 200 samples touch about
+    4,300 distinct documents), so the head runs on the distinct ones and gathers.
+
+    Attributes:
+        emb: (u, D) teacher vectors of the distinct samples.
+        rows: (u,) their item ids (corpus rows).
+        inverse: (n, k) index into ``emb`` of each anchor's j-th sample.
+        sims: (n, k) teacher similarities.
+    """
+
+    emb: torch.Tensor
+    rows: torch.Tensor
+    inverse: torch.Tensor
+    sims: torch.Tensor
+
+    @classmethod
+    def none(cls, anchors: torch.Tensor) -> "Samples":
+        """No samples for the (n, D) anchors (a loss of judged pairs only)."""
+        n, dim, dev = anchors.shape[0], anchors.shape[1], anchors.device
+        return cls(anchors.new_zeros(0, dim), torch.zeros(0, dtype=torch.long, device=dev),
+                   torch.zeros(n, 0, dtype=torch.long, device=dev), anchors.new_zeros(n, 0))
 
 
 class XBMQueue:
@@ -75,6 +104,12 @@ class XBMQueue:
         vals, slots = torch.topk(sims, k, dim=1)  # (n, k)
         return slots, vals
 
+    def sample(self, query: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> Samples:
+        """The top-k entries of :meth:`topk` as :class:`Samples` (each distinct entry once)."""
+        slots, sims = self.topk(query, k, exclude=exclude)  # (n, k), (n, k)
+        uniq, inverse = torch.unique(slots, return_inverse=True)  # (u,), (n, k)
+        return Samples(self.emb[uniq], self.ids[uniq], inverse, sims)
+
     def state_dict(self) -> dict:
         return {"emb": self.emb.clone(), "ids": self.ids.clone(), "ptr": self.ptr, "count": self.count}
 
@@ -84,3 +119,33 @@ class XBMQueue:
         self.emb.copy_(state["emb"])
         self.ids.copy_(state["ids"])
         self.ptr, self.count = int(state["ptr"]), int(state["count"])
+
+
+class QueueSampler:
+    """Hard samples from the S-XBM queue in adapter mode: a FIFO of corpus teacher vectors, fed
+    as training streams through the corpus; each anchor takes its top-k most similar entries.
+
+    Args:
+        corpus: (n_c, D) teacher vectors of the documents.
+        size: queue capacity; with ``prefill`` at most the corpus size.
+        prefill: start with a full memory (the teacher is frozen: entries never go stale).
+        generator: orders the document stream.
+    """
+
+    def __init__(self, corpus: torch.Tensor, size: int, prefill: bool, generator: torch.Generator):
+        self.corpus = corpus
+        self.queue = XBMQueue(min(size, len(corpus)) if prefill else size, corpus.shape[1])
+        self.order = torch.randperm(len(corpus), generator=generator)  # the doc stream
+        self.cursor = 0
+        if prefill:
+            self.feed(self.queue.size)
+
+    def feed(self, n: int) -> None:
+        rows = self.order.roll(-self.cursor)[:n]  # (n,) next docs of the stream
+        self.cursor = (self.cursor + n) % len(self.order)
+        self.queue.enqueue(self.corpus[rows], rows)
+
+    def sample(self, anchors: torch.Tensor, anchor_doc: torch.Tensor, k: int) -> Samples:
+        """(n, D) anchors -> their top-k queue entries; an anchor never samples its own document
+        (``anchor_doc``, -1 for none)."""
+        return self.queue.sample(anchors, k, exclude=anchor_doc)

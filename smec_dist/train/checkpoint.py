@@ -16,19 +16,20 @@ one; older checkpoints are pruned only after a newer one was written and hashed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import logging
-import os
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
-from . import dist
-from .cache import file_table, file_table_problem
-from .errors import SmecError
+from .. import dist
+from ..config import Config, setting_loss
+from ..errors import SmecError
+from ..io import atomic_dir, atomic_write_json, file_table, file_table_problem, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -149,21 +150,18 @@ class Checkpoints:
         if dist.is_main() and not (out / MARKER).is_file():
             from deepspeed.checkpoint.ds_to_universal import main as to_universal
 
-            tmp = folder / "universal.partial"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            args = argparse.Namespace(input_folder=str(folder / "pytorch_model"),
-                                      output_folder=str(tmp / "pytorch_model"), num_extract_workers=1,
-                                      num_merge_workers=1, keep_temp_folder=False, strict=True,
-                                      inject_missing_state=True)
-            log.info("converting %s to a DeepSpeed universal checkpoint", folder)
-            with contextlib.redirect_stdout(io.StringIO()):  # its progress prints, per parameter
-                to_universal(args)
-            for p in folder.iterdir():
-                if p.is_file() and p.name not in (MARKER, "latest") and not p.name.startswith("zero_to_"):
-                    shutil.copy2(p, tmp / p.name)
-            shutil.copy2(folder / MARKER, tmp / MARKER)
-            os.replace(tmp, out)
+            with atomic_dir(out) as tmp:
+                args = SimpleNamespace(input_folder=str(folder / "pytorch_model"),
+                                       output_folder=str(tmp / "pytorch_model"), num_extract_workers=1,
+                                       num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                       inject_missing_state=True)
+                log.info("converting %s to a DeepSpeed universal checkpoint", folder)
+                with contextlib.redirect_stdout(io.StringIO()):  # its progress prints, per parameter
+                    to_universal(args)
+                for p in folder.iterdir():
+                    if p.is_file() and p.name not in (MARKER, "latest") and not p.name.startswith("zero_to_"):
+                        shutil.copy2(p, tmp / p.name)
+                shutil.copy2(folder / MARKER, tmp / MARKER)
         dist.barrier()
         return out
 
@@ -204,18 +202,26 @@ class Checkpoints:
         dist.barrier()  # every rank's shards are on disk
         files = self._hash_files(partial)
         if dist.is_main():
-            tmp = partial / (MARKER + ".tmp")
-            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "global_step": global_step, **position,
-                                       "topology": self.topology, "files": files}, indent=1), encoding="utf-8")
-            os.replace(tmp, partial / MARKER)
-            if final.exists():  # the same step saved again (a stage end after a periodic save)
-                shutil.rmtree(final)
-            os.replace(partial, final)
+            atomic_write_json(partial / MARKER, {"fingerprint": self.fingerprint, "global_step": global_step,
+                                                 **position, "topology": self.topology, "files": files}, indent=1)
+            replace_dir(partial, final)  # the same step may be saved again (a stage end after a periodic save)
             for _, old in self.complete()[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
         log.info("checkpoint %s (%s)", final, ", ".join(f"{k} {v}" for k, v in position.items()))
         return final
+
+
+def fingerprint(cfg: Config) -> dict:
+    """The settings a checkpoint must share with the run resuming it (the supervised loss as
+    resolved, so a change of its keys is caught whichever key changed)."""
+    # not in it: how the run is kept and watched, which does not change what it computes
+    e2e = {k: v for k, v in asdict(cfg.e2e).items()
+           if k not in ("resume", "checkpoint_every", "keep_checkpoints", "collective_timeout_s")}
+    model = {k: v for k, v in asdict(cfg.model).items() if k != "device"}
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in ("nonfinite", "max_skipped")}
+    return {"data": asdict(cfg.data), "model": model, "dims": list(cfg.run.dims), "train": train, "e2e": e2e,
+            "loss": asdict(setting_loss(cfg, "supervised"))}
 
 
 def _zero_name(stage) -> str:

@@ -1,0 +1,97 @@
+"""Head files: save and load any trained head, and :class:`CompressedModel` for users.
+
+Every head maps full-width teacher embeddings (n, D) to L2-normalised compressed
+embeddings (n, d) through ``compress(x, d)``; a saved head is one safetensors file with its
+layout in the metadata (no pickle), loadable with :func:`load_head` wherever it lies.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import SmecError
+from ..io import atomic_path, check_listed
+from .registry import HEAD_KINDS
+from .smrl import SMECHead
+
+HEADS = HEAD_KINDS  # kind in a head file -> class (from the registry)
+
+
+def save_head(head: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Save weights and layout to one safetensors file (written to a temp name, renamed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(head, SMECHead):
+        head.freeze_selections()  # the exported index list is the inference one
+    meta = {"layout": json.dumps(head.layout()), "extra": json.dumps(extra or {})}
+    state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return path
+
+
+def load_head(path: str | Path) -> nn.Module:
+    """Load a head saved by :func:`save_head` (no pickle: safetensors only)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise SmecError(f"{path}: no such head file")
+    # a head inside a run folder (<run>/models/<setting>/<method>.safetensors) or a stage
+    # export is checked against the manifest.json written with it, when there is one
+    check_listed(path, levels=3)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        layout = json.loads(meta["layout"])
+        state = load_file(str(path))
+    except Exception as exc:  # a damaged file must not look like a head
+        raise SmecError(f"{path}: not a readable smec head ({type(exc).__name__}: {exc})") from exc
+    kind = layout.pop("kind", None)
+    if kind not in HEADS:
+        raise SmecError(f"{path}: unknown head kind {kind!r} (known: {', '.join(HEADS)})")
+    try:
+        head = HEADS[kind](**layout)
+        head.load_state_dict(state)
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise SmecError(f"{path}: weights do not match the head layout ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0]})") from exc
+    head.eval()
+    return head
+
+
+class CompressedModel:
+    """A trained compressor for users: ``compress(embeddings, dim)`` on numpy or torch input.
+
+    Example:
+        >>> model = CompressedModel.load("runs/scifact/smec.safetensors")
+        >>> small = model.compress(full_embeddings, 96)   # (n, 96), L2-normalised
+    """
+
+    def __init__(self, head: nn.Module):
+        self.head = head.eval()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CompressedModel":
+        return cls(load_head(path))
+
+    @property
+    def dims(self) -> list[int]:
+        return list(self.head.dims)
+
+    @torch.no_grad()
+    def compress(self, embeddings, dim: int, batch_size: int = 65536):
+        is_np = isinstance(embeddings, np.ndarray)
+        x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32)) if is_np else embeddings.float()
+        if x.ndim != 2 or x.shape[1] != self.head.full_dim:
+            raise SmecError(f"embeddings have shape {tuple(x.shape)}, expected (n, {self.head.full_dim})")
+        out = torch.cat([self.head.compress(x[i:i + batch_size], dim) for i in range(0, len(x), batch_size)]) \
+            if len(x) else x.new_zeros(0, dim)
+        return out.numpy() if is_np else out
+
