@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    # creates .venv, installs, runs the default job (MiniLM on SciFact, offline)
-#   make test   # creates .venv, installs, runs the test suite (CPU, fast; slow tests: make test-slow)
+#   make test   # creates .venv, installs, runs the test suite (CPU, a few minutes; slow tests: make test-slow)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -21,8 +21,10 @@ $(BIN)/smec: pyproject.toml
 
 install: $(BIN)/smec
 
+# the default job's folder is its own: a rerun replaces it (swapped in whole at the end, so an
+# interrupted rerun leaves the previous results as they were)
 run: install
-	$(BIN)/smec run --config $(CONFIG) $(ARGS)
+	$(BIN)/smec run --overwrite --config $(CONFIG) $(ARGS)
 
 test: install
 	$(BIN)/pytest -q $(ARGS)

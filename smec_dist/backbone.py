@@ -8,7 +8,9 @@ batches sorted by length, so padding is minimal, under ``torch.inference_mode``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .console import bars_off
 from .errors import SmecError
-from .io import publish_dir, tmp_name
+from .io import atomic_write_json, file_sha256, publish_dir, tmp_name
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,75 @@ def resolve_model(name: str, cache_dir: Path | None = None) -> Path | str:
     if looks_like_path or os.environ.get("HF_HUB_OFFLINE") == "1":
         raise SmecError(f"model '{name}': no such folder (and not a known alias: {', '.join(MODEL_ALIASES)})")
     return name  # a hub id; from_pretrained downloads it when a network exists
+
+
+#: files that make a local model folder what it is: weights, config, tokenizer
+IDENTITY_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth", "*.json", "*.txt", "*.model",
+                     "*.tiktoken", "*.py")
+
+
+def model_identity(name: str, cache_dir: Path | None = None) -> dict:
+    """What a model is, whatever it is called: the key under which its embeddings are cached and
+    which a head records as its base model.
+
+    A local folder (an alias's too): ``sha256`` over every file that defines it (weights, config,
+    tokenizer; :data:`IDENTITY_PATTERNS`), memoised by (path, size, mtime) in
+    ``<SMEC_CACHE>/identities.json`` so a 15 GB checkpoint is read once, not every run. A hub id:
+    the ``revision`` (commit) of its snapshot in the local Hugging Face cache, or, with a
+    network, of the hub's main branch.
+
+    Returns:
+        ``{"name": as given, "source": folder or hub id, "sha256": ...}`` or ``{..., "revision": ...}``.
+    """
+    path = resolve_model(name, cache_dir)
+    if isinstance(path, str):
+        return {"name": name, "source": path, "revision": _hub_revision(path)}
+    path = Path(path).resolve()
+    files = sorted(p for pattern in IDENTITY_PATTERNS for p in path.rglob(pattern) if p.is_file())
+    stamp = [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    memo_path = Path(cache_dir or default_cache_dir()) / "identities.json"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    entry = memo.get(str(path))
+    if not (isinstance(entry, dict) and entry.get("files") == stamp):
+        digest = hashlib.sha256()
+        for (rel, size, _), p in zip(stamp, files):
+            digest.update(f"{rel}\0{size}\0".encode())
+            digest.update(file_sha256(p).encode())
+        entry = memo[str(path)] = {"files": stamp, "sha256": digest.hexdigest()}
+        try:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(memo_path, memo)
+        except OSError:  # a read-only cache: hash again next time
+            pass
+    return {"name": name, "source": str(path), "sha256": entry["sha256"]}
+
+
+def identity_key(identity: dict) -> dict:
+    """The part of a :func:`model_identity` that says what the model is (its weights' digest,
+    or hub id + revision), without the name it was called by or where it lies on this machine."""
+    if "sha256" in identity:
+        return {"sha256": identity["sha256"]}
+    return {"source": identity["source"], "revision": identity["revision"]}
+
+
+def _hub_revision(repo: str) -> str:
+    """The commit of ``repo``'s local snapshot, else the hub's, else ``unresolved``."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo, local_files_only=True)).name
+    except Exception:  # not cached here
+        pass
+    try:
+        from huggingface_hub import HfApi
+
+        return str(HfApi().model_info(repo).sha)
+    except Exception:  # offline, private, or no such repo: from_pretrained will say which
+        log.warning("model %s: its revision could not be resolved; caches of it are keyed on the name only", repo)
+        return "unresolved"
 
 
 @dataclass

@@ -36,12 +36,19 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import SmecError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5")
+
+
+def _overwrite_arg(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of a run already in run.output_dir (sets run.overwrite)")
 
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
@@ -79,17 +86,21 @@ def _prepare_parser(sub, name: str, help: str, source: str, download: str) -> ar
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="smec", description="Sequential Matryoshka Embedding Compression")
-    ap.add_argument("--log-level", default=os.environ.get("SMEC_LOG_LEVEL", "INFO"))
+    ap.add_argument("--version", action="version", version=f"smec-dist {__version__}")
+    ap.add_argument("--log-level", default=os.environ.get("SMEC_LOG_LEVEL", "INFO"),
+                    help=f"one of {', '.join(LOG_LEVELS)} (default INFO, or $SMEC_LOG_LEVEL)")
+    ap.add_argument("-q", "--quiet", action="store_true",
+                    help="warnings and errors only, no progress bars (results are still printed)")
     sub = ap.add_subparsers(dest="command", required=True)
-    _config_args(sub.add_parser("run", help="encode, train SMEC and baselines, evaluate, write the report"))
+    _overwrite_arg(sub.add_parser("run", help="encode, train SMEC and baselines, evaluate, write the report"))
     _config_args(sub.add_parser("encode", help="build the embedding cache (resumable, sharded over ranks)"))
     cmp = sub.add_parser("compare", help="run a chosen set of methods on one dataset: one results.json, report.md, plot")
-    _config_args(cmp)
+    _overwrite_arg(cmp)
     cmp.add_argument("--methods", help="comma list (default: every method of the registry)")
     cmp.add_argument("--output", help="folder for the report (default: <run.output_dir>-compare)")
     _config_args(sub.add_parser("config", help="print the resolved config"))
     t = sub.add_parser("train", help="end-to-end: train the backbone (full/LoRA/QLoRA) with the SMEC head")
-    _config_args(t)
+    _overwrite_arg(t)
     t.add_argument("--resume", help="auto (newest complete checkpoint) or a checkpoint folder; sets e2e.resume")
     ev = sub.add_parser("eval", aliases=["evaluate"],
                         help="retrieval metrics per method and dim (sharded under accelerate launch), MTEB")
@@ -171,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--store", help="passage texts from this SQLite store (smec store build) instead of the corpus")
     rr.add_argument("--output", help="TREC run to write (default <candidates stem>.rerank.tsv here)")
     rr.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch (default 64)")
-    rr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    rr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bars (default: on a terminal only)")
     return ap
 
 
@@ -211,6 +223,10 @@ def _compress(args) -> None:
         x = np.load(src, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty file; OSError: a folder
         raise SmecError(f"{src}: not a numeric .npy array ({exc})") from exc
+    if not isinstance(x, np.ndarray):  # an .npz archive: several arrays, which one is meant?
+        names = ", ".join(x.files)
+        x.close()
+        raise SmecError(f"{src}: an .npz archive ({names}), not one .npy array: save the embeddings with np.save")
     if x.dtype.kind not in "iuf":
         raise SmecError(f"{src}: not a numeric .npy array (dtype {x.dtype})")
     if x.ndim == 2 and not np.isfinite(x).all():
@@ -220,6 +236,12 @@ def _compress(args) -> None:
     if not out.parent.is_dir():
         raise SmecError(f"{out}: output folder {out.parent} not found")
     model = CompressedModel.load(args.head)
+    if x.ndim != 2 or x.shape[1] != model.head.full_dim:
+        base = model.about.get("base_model", {})
+        made_by = f" of {base.get('name')} ({model.about.get('pooling')} pooling, max_length " \
+                  f"{model.about.get('max_length')})" if base else ""
+        raise SmecError(f"{src}: shape {x.shape}, expected (n, {model.head.full_dim}): {args.head} compresses "
+                        f"{model.head.full_dim}-dim embeddings{made_by}")
     try:
         y = model.compress(x, args.dim)
     except SmecError as exc:
@@ -250,13 +272,20 @@ def _eval(args, cfg) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     model.default_method = args.mteb_method or model.default_method
     model.check(model.default_method, args.mteb_dim)
-    model.batch_size, model.progress = cfg.model.batch_size, cfg.run.progress and dist.is_main()
+    model.batch_size, model.progress = cfg.model.batch_size, cfg.run.show_progress() and dist.is_main()
     result = evaluate_model(model, cfg, out, methods=methods, mteb_tasks=args.mteb, mteb_dim=args.mteb_dim)
     if dist.is_main():
         print(table(result), end="")
         for task, scores in (result.get("mteb") or {}).items():
             print(f"MTEB {task}: nDCG@10 {scores['ndcg_at_10']:.4f}")
         print(f"results: {out / 'eval.json'}")
+
+
+def _bars(args, setting: bool | None = None) -> bool:
+    """Progress bars for a command without a config: off with -q, else ``setting``, else on a terminal."""
+    from .console import bars_wanted
+
+    return False if args.quiet else bars_wanted(setting)
 
 
 def _prepare(args) -> str:
@@ -267,13 +296,13 @@ def _prepare(args) -> str:
         return msmarco_summary_line(prepare_msmarco(
             args.output, args.source, download=args.download, base_url=args.base_url,
             max_train_samples=args.max_train_samples, split_ratio=args.split_ratio,
-            negatives_per_query=args.negatives, dev_fraction=args.dev_fraction, seed=args.seed, progress=True))
+            negatives_per_query=args.negatives, dev_fraction=args.dev_fraction, seed=args.seed, progress=_bars(args)))
     from .data.wikipedia import prepare_wikipedia, wikipedia_summary_line
 
     return wikipedia_summary_line(prepare_wikipedia(
         args.output, args.source, download=args.download, url=args.url, lang=args.lang, dump_date=args.dump_date,
         num_passages=None if args.num_passages == 0 else args.num_passages,  # --num-passages 0: all
-        min_words=args.min_words, max_words=args.max_words, pairs=not args.no_pairs, seed=args.seed, progress=True))
+        min_words=args.min_words, max_words=args.max_words, pairs=not args.no_pairs, seed=args.seed, progress=_bars(args)))
 
 
 def _adapters(args, argv: list[str] | None = None) -> str:
@@ -286,7 +315,7 @@ def _adapters(args, argv: list[str] | None = None) -> str:
     results = run_domain_shift(
         domains=args.domains.split(","), sequence=args.sequence, capacity=args.capacity, steps=args.steps,
         lr=args.lr, batch_size=args.batch_size, out_dir=args.output, data_dir=args.data_dir, model=args.model,
-        lora_r=args.lora_r, scifact_docs=args.scifact_docs, progress=not args.no_progress,
+        lora_r=args.lora_r, scifact_docs=args.scifact_docs, progress=_bars(args, False if args.no_progress else None),
         command="smec " + " ".join(shlex.quote(w) for w in words))
     summ = results["summary"]
     parts = [f"retention {d}: cache {v:.4f}, shared {summ['retention_shared'].get(d, float('nan')):.4f}"
@@ -294,14 +323,27 @@ def _adapters(args, argv: list[str] | None = None) -> str:
     return "; ".join(parts + [f"report: {Path(args.output) / 'report.md'}"])
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# libraries whose INFO lines are noise in our logs (faiss.loader: which SIMD build it tried)
+NOISY_LOGGERS = ("bm25s", "httpx", "urllib3", "filelock", "accelerate", "DeepSpeed", "deepspeed",
+                 "torch.distributed", "faiss.loader")
+
+
+def _setup_logging(args) -> None:
+    level = args.log_level.upper()
+    if level not in LOG_LEVELS:
+        raise SmecError(f"--log-level: '{args.log_level}' is not one of {', '.join(LOG_LEVELS)}")
+    logging.basicConfig(level="WARNING" if args.quiet else level, datefmt="%H:%M:%S",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for noisy in ("bm25s", "httpx", "urllib3", "filelock", "accelerate", "DeepSpeed", "deepspeed", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        _setup_logging(args)
         if args.command == "evaluate":
             args.command = "eval"
         if args.command in ("run", "encode", "config", "train", "eval", "compare"):
@@ -315,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.mteb = [t for t in args.mteb if "=" not in t]
             if getattr(args, "resume", None):
                 overrides.append(f"e2e.resume={args.resume}")
+            if args.quiet:
+                overrides.append("run.progress=false")
+            if getattr(args, "overwrite", False):
+                overrides.append("run.overwrite=true")
             cfg = load_config(args.config, overrides)
             if args.command == "config":
                 import yaml
@@ -359,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(rerank_candidates(args.candidates, args.dataset, data_dir=args.data_dir, split=args.split,
                                     model=args.model, head=args.head, dim=args.dim, store=args.store,
-                                    output=args.output, batch_size=args.batch_size, progress=args.progress))
+                                    output=args.output, batch_size=args.batch_size, progress=_bars(args, args.progress)))
         elif args.command == "prepare":
             print(_prepare(args))
         elif args.command == "adapters":

@@ -9,6 +9,7 @@ and the key, and every value is checked in ``__post_init__``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .console import bars_wanted
 from .errors import SmecError
 from .io import atomic_write_text
 
@@ -217,6 +219,10 @@ class RunConfig:
     """
 
     output_dir: str = "runs/scifact-minilm"
+    """The run's folder (a name: never the current folder). It must not hold another run's
+    results unless ``overwrite``; a run writes beside it and swaps its folder in at the end."""
+    overwrite: bool = False
+    """Replace the results of a run already in ``output_dir`` (``--overwrite``)."""
     dims: list[int] = field(default_factory=lambda: [192, 96, 48, 24])
     settings: list[str] = field(default_factory=lambda: list(SETTINGS))
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
@@ -229,10 +235,22 @@ class RunConfig:
     max_anchors: int = 1000
     seeds: list[int] = field(default_factory=lambda: [0])
     search_k: int = 100
+    bm25_stemmer: str = "none"
+    """BM25's stemmer: ``none`` or ``english`` (PyStemmer's Snowball); recorded in results.json.
+    ``none`` is what every BM25 figure of docs/results.md was measured with."""
     k_values: list[int] = field(default_factory=lambda: [10, 100])
-    progress: bool = True
+    progress: bool | None = None
+    """Progress bars: ``true``, ``false``, or ``null`` (the default): only when stderr is a
+    terminal, so logs and CI output get none (``smec -q`` turns them off)."""
+
+    def show_progress(self) -> bool:
+        """Whether this run draws progress bars (see ``progress``)."""
+        return bars_wanted(self.progress)
 
     def __post_init__(self):
+        if not self.output_dir.strip() or Path(self.output_dir).expanduser().resolve() == Path.cwd().resolve():
+            raise SmecError(f"run.output_dir: {self.output_dir!r} is not a run folder: name one (a run never "
+                            f"writes its results into the current folder)")
         if not self.dims:
             raise SmecError("run.dims: at least one dim is needed")
         for d in self.dims:
@@ -252,6 +270,7 @@ class RunConfig:
         if not self.seeds:
             raise SmecError("run.seeds: at least one seed is needed")
         _positive("run.search_k", self.search_k)
+        _one_of("run.bm25_stemmer", self.bm25_stemmer, ("none", "english"))
         if not self.k_values or any(not isinstance(k, int) or k <= 0 for k in self.k_values):
             raise SmecError(f"run.k_values: {self.k_values} must be positive integers")
         if max(self.k_values) > self.search_k:
@@ -454,9 +473,11 @@ def _coerce(key: str, value: Any, typ) -> Any:
         return float(value)
     if typ is float and isinstance(value, str):
         try:  # YAML 1.1 reads 1e-4 (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if typ is float and isinstance(value, float) and not math.isfinite(value):
+        raise SmecError(f"{key}: must be a finite number, got {value}")
     if typ is bool and not isinstance(value, bool):
         raise SmecError(f"{key}: expected true or false, got {value!r}")
     if typ in (int, float, str) and (not isinstance(value, typ) or isinstance(value, bool)):

@@ -1,10 +1,23 @@
-"""What the user sees on the terminal besides results: other libraries' progress bars."""
+"""What the user sees besides results: progress bars (on a terminal only) and other libraries'
+bars and log noise."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 from typing import Iterator
+
+
+def bars_wanted(setting: bool | None = None) -> bool:
+    """Whether to draw progress bars: ``setting`` when given (``run.progress``, ``-q``), else
+    only when stderr is a terminal: a log file or a CI console gets no bar lines."""
+    if setting is not None:
+        return bool(setting)
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from .results import REFERENCE_METHODS, SPARSE_KEY, compressed_dims, method_label, order_methods, reference_value

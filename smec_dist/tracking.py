@@ -41,8 +41,15 @@ class Tracker:
             if mode == "auto":
                 mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(project=project, name=name or run_dir.name, dir=str(run_dir), mode=mode,
-                                  config=config, reinit="finish_previous")
+            try:
+                self.run = wandb.init(project=project, name=name or run_dir.name, dir=str(run_dir), mode=mode,
+                                      config=config, reinit="finish_previous")
+            except Exception as exc:  # a bad key, no network: one line, not wandb's traceback
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                why = "WANDB_API_KEY is set, so track.mode=auto went online" if os.environ.get("WANDB_API_KEY") \
+                    and not os.environ.get("WANDB_MODE") else f"track.mode resolved to {mode}"
+                raise SmecError(f"track: W&B could not start a run ({type(exc).__name__}: {first}); {why}: set "
+                                f"WANDB_MODE=offline or track.mode=offline, or track.backend=none") from None
             log.info("W&B run %s (%s)%s", self.run.name, mode,
                      f": {self.run.dir}" if mode == "offline" else "")
         elif self.backend == "tensorboard":

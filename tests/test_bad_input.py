@@ -33,6 +33,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
+from smec_dist.backbone import identity_key, model_identity
 from smec_dist.cache import MANIFEST, build_cache, shard_name
 from smec_dist.cli import main
 from smec_dist.data import download as download_mod
@@ -345,6 +346,14 @@ CONFIG_CASES: dict[str, tuple[str | bytes | None, list[str], list[str]]] = {
     "unknown-setting": (None, ["run.settings=[weakly-supervised]"], ["run.settings", "'weakly-supervised'"]),
     "unknown-method": (None, ["run.methods=[smec,opq]"], ["run.methods", "'opq'"]),
     "unknown-cache-dtype": (None, ["cache.dtype=int8"], ["cache.dtype", "'int8'"]),
+    "lr-nan": (None, ["train.lr=.nan"], ["train.lr", "finite", "nan"]),
+    "lr-inf": (None, ["train.lr=.inf"], ["train.lr", "finite", "inf"]),
+    "temperature-nan": (None, ["train.temperature=.nan"], ["train.temperature", "finite"]),
+    "yaml-nan": ("run:\n  supervised_temperature: .nan\n", [], ["{F}", "run.supervised_temperature", "finite"]),
+    "weight-neg-inf": (None, ["run.supervised_infonce_weight=-.inf"], ["run.supervised_infonce_weight", "finite"]),
+    "output-dir-empty": (None, ["run.output_dir="], ["run.output_dir", "not a run folder"]),
+    "removed-key": (None, ["e2e.infonce_weight=1"], ["e2e.infonce_weight", "removed", "run.supervised_infonce_weight"]),
+    "setting-temperature-zero": (None, ["run.corpus_only_temperature=0"], ["run.corpus_only_temperature", "> 0"]),
 }
 
 
@@ -427,6 +436,8 @@ COMPRESS_CASES = {
     "input-not-finite": (_npy(np.full((3, FULL_DIM), np.nan, np.float32)), "good", 4, "y.npy", ["{in}", "finite"]),
     "input-is-a-folder": (_folder, "good", 4, "y.npy", ["{in}"]),
     "output-folder-missing": (GOOD_INPUT, "good", 4, "no-dir/y.npy", ["{out}"]),
+    "input-npz-archive": (lambda p: (np.savez(p.with_suffix(".npz"), a=np.ones((3, FULL_DIM))), p.with_suffix(".npz"))[1],
+                          "good", 4, "y.npy", ["{in}", ".npz archive (a)", "np.save"]),
 }
 
 
@@ -475,8 +486,9 @@ def sealed_cache(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("sealed")
     ds = load_beir(write_beir(base / "data" / DATASET))
     parts = {"corpus": (ds.doc_ids(), ds.doc_texts()), "queries": (list(ds.queries), list(ds.queries.values()))}
-    build_cache(base / "cache", FakeEncoder(), "minilm", parts, dataset_path=str(ds.root), dtype="float32",
-                shard_size=2, progress=False)
+    minilm_shaped = type("MiniLMShaped", (FakeEncoder,), {"dim": 384})()  # what minilm's cache holds
+    build_cache(base / "cache", minilm_shaped, "minilm", parts, dataset_path=str(ds.root), dtype="float32",
+                shard_size=2, progress=False, model_id=identity_key(model_identity("minilm")), model_dtype="float32")
     return base / "data" / DATASET, base / "cache"
 
 
@@ -593,3 +605,50 @@ def test_real_process_prints_one_line(tmp_path: Path, kind: str) -> None:
     assert_one_error_line(proc.returncode, proc.stdout, proc.stderr, *needles)
     assert proc.stdout == ""
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+# --------------------------------------------------------------------------- the matrix: the rest of the CLI
+
+
+def test_unknown_log_level_is_one_line(capsys) -> None:
+    rc, stdout, stderr = run_cli(["--log-level", "LOUD", "config"], capsys)
+    assert_one_error_line(rc, stdout, stderr, "--log-level", "'LOUD'", "DEBUG, INFO, WARNING")
+
+
+@pytest.mark.parametrize("where", ["cache", "toy"])
+def test_an_unwritable_folder_is_one_line_and_writes_nothing(dataset: Path, tmp_path: Path, capsys, where) -> None:
+    """A folder that cannot be created (its parent is a file; running as root, permissions would
+    not stop us): one line naming it, nothing written."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    if where == "toy":
+        argv = ["toy", "--output", str(blocker / "toy")]
+    else:
+        argv, out, _ = _data_argv(dataset, tmp_path, [], model="minilm")
+        argv = ["encode", *[a for a in argv if not a.startswith("cache.dir=")], f"cache.dir={blocker / 'cache'}"]
+    rc, stdout, stderr = run_cli(argv, capsys)
+    assert_one_error_line(rc, stdout, stderr, str(blocker))
+    assert blocker.read_text() == "not a folder\n"
+
+
+def test_an_output_dir_that_is_a_file(dataset: Path, tmp_path: Path, capsys) -> None:
+    argv, out, cache = _data_argv(dataset, tmp_path, [], model="minilm")
+    out.write_text("a file\n")
+    rc, stdout, stderr = run_cli(["run", *argv], capsys)
+    assert_one_error_line(rc, stdout, stderr, "run.output_dir", str(out), "is a file")
+    assert out.read_text() == "a file\n" and not cache.exists()
+
+
+def test_a_bad_wandb_key_without_a_mode_is_one_line(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    """WANDB_API_KEY set, WANDB_MODE not: auto goes online, which fails here (no network): one line
+    saying what to set, exit 2, no run folder (a real process: W&B prints its own lines too)."""
+    argv, out, cache = _data_argv(dataset, tmp_path, ["track.backend=wandb", "track.mode=auto"], model="minilm")
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env.update(WANDB_API_KEY="0123456789abcdef0123456789abcdef01234567", WANDB_INIT_TIMEOUT="3",
+               WANDB_SILENT="true", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "smec_dist.cli", "run", *argv], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("smec: error: track: W&B could not start a run") and "WANDB_MODE=offline" in last
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}.*"))

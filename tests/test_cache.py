@@ -21,6 +21,7 @@ from smec_dist.cache import (
     is_complete,
     load_cache,
     shard_name,
+    texts_sha256,
 )
 from smec_dist.errors import SmecError
 
@@ -91,16 +92,19 @@ def test_round_trip_fp32_exact_and_layout(tmp_path, encoder):
     assert cache.dim == 32 and cache.count("corpus") == 20 and set(cache.parts) == {"corpus", "queries"}
 
     m = json.loads(manifest_path.read_text())
-    assert m["format"] == 1 and m["model"] == "tiny-bert" and m["pooling"] == "mean"
+    assert m["format"] == 2 and m["model"] == "tiny-bert" and m["pooling"] == "mean"
+    assert m["model_id"] == {"name": "tiny-bert"} and m["model_dtype"] == "float32"  # no identity given: the name
     assert m["normalize"] is True and m["max_length"] == 64 and m["append_eos"] is False
     assert m["dim"] == 32 and m["dtype"] == "float32" and m["shard_size"] == 64 and "created" in m
     part = m["parts"]["corpus"]
     assert part["count"] == 20 and part["ids_sha256"] == ids_sha256(ids)
+    assert part["texts_sha256"] == texts_sha256(ids, texts)
     assert part["shards"] == [{"file": "corpus/shard-00000.safetensors", "rows": 20,
                                "sha256": file_sha256(tmp_path / "c" / "corpus" / shard_name(0))}]
     assert json.loads((tmp_path / "c" / "corpus" / "ids.json").read_text()) == ids
     assert (tmp_path / "c" / SPEC).exists() and is_complete(tmp_path / "c")
     assert not list((tmp_path / "c").rglob("*.tmp"))
+    assert (tmp_path / "c" / "corpus" / (shard_name(0) + ".sha256")).read_text() == part["shards"][0]["sha256"]
 
 
 def test_fp16_close_and_about_half_the_size(tmp_path, encoder):
@@ -205,8 +209,47 @@ def test_spec_mismatch_names_key_and_both_values(tmp_path, encoder):
         build(tmp_path / "c", encoder, {"corpus": (ids, texts)}, dtype="float16", shard_size=3)
     with pytest.raises(SmecError, match=r"parts\.corpus\.count=6 .*parts\.corpus\.count=5"):
         build(tmp_path / "c", encoder, {"corpus": (ids[:5], texts[:5])}, dtype="float16", shard_size=4)
-    with pytest.raises(SmecError, match=r"model=\"tiny-bert\" .*model=\"other\""):
+    with pytest.raises(SmecError, match=r"model_id=\{\"name\": \"tiny-bert\"\} .*model_id=\{\"name\": \"other\"\}"):
         build_cache(tmp_path / "c", encoder, "other", {"corpus": (ids, texts)}, shard_size=4, progress=False)
+    # the same ids with other texts: another cache, never this one
+    with pytest.raises(SmecError, match=r"parts\.corpus\.texts_sha256"):
+        build(tmp_path / "c", encoder, {"corpus": (ids, [t + " (edited)" for t in texts])}, dtype="float16",
+              shard_size=4)
+
+
+def test_model_identity_not_name_keys_the_cache(tmp_path, encoder):
+    """Two names of the same model (an alias and its folder) share a cache; another model's
+    weights under the same name do not."""
+    ids, texts = make_items(6)
+    same = {"sha256": "a" * 64}
+    build_cache(tmp_path / "c", encoder, "minilm", {"corpus": (ids, texts)}, shard_size=4, progress=False,
+                model_id=same)
+    build_cache(tmp_path / "c", encoder, "/models/all-MiniLM-L6-v2", {"corpus": (ids, texts)}, shard_size=4,
+                progress=False, model_id=same)  # reused: nothing to encode
+    with pytest.raises(SmecError, match=r"model_id="):
+        build_cache(tmp_path / "c", encoder, "minilm", {"corpus": (ids, texts)}, shard_size=4, progress=False,
+                    model_id={"sha256": "b" * 64})
+    with pytest.raises(SmecError, match=r"model_dtype=\"float32\" .*model_dtype=\"bfloat16\""):
+        build_cache(tmp_path / "c", encoder, "minilm", {"corpus": (ids, texts)}, shard_size=4, progress=False,
+                    model_id=same, model_dtype="bfloat16")
+
+
+def test_a_shard_left_by_a_killed_run_is_trusted_only_against_its_record(tmp_path, encoder):
+    """Resuming an unsealed cache: a shard whose bytes do not match the checksum recorded after it
+    (corrupted, or written without a record) is encoded again; matching ones are kept."""
+    ids, texts = make_items(9)
+    root = tmp_path / "c"
+    with pytest.raises(RuntimeError):
+        build(root, Counting(encoder, fail_on=3), {"corpus": (ids, texts)}, shard_size=3, dtype="float32")  # 0, 1 written
+    shard0 = root / "corpus" / shard_name(0)
+    data = bytearray(shard0.read_bytes())
+    data[-1] ^= 0xFF  # same size, one byte off: the header check alone would pass it
+    shard0.write_bytes(bytes(data))
+    again = Counting(encoder)
+    build(root, again, {"corpus": (ids, texts)}, shard_size=3, dtype="float32")
+    assert again.calls == [texts[0:3], texts[6:9]]  # shard 0 redone, shard 1 kept, shard 2 new
+    cache = load_cache(root)  # verifies every sha256
+    np.testing.assert_array_equal(cache.embeddings("corpus")[:3], encoder.encode(texts[:3], progress=False))
 
 
 def test_spec_mismatch_on_resume_of_unfinished_cache(tmp_path, encoder):
@@ -306,7 +349,7 @@ def test_bad_inputs(tmp_path, encoder):
         build(tmp_path / "c", encoder, {"corpus": (ids, texts)}, dtype="int8")
     with pytest.raises(SmecError, match="rank must be in"):
         build(tmp_path / "d", encoder, {"corpus": (ids, texts)}, rank=2, world_size=2)
-    assert cache_spec(encoder, "m", "", "fp16", 8, {"corpus": ids})["dtype"] == "float16"
+    assert cache_spec(encoder, "m", "", "fp16", 8, {"corpus": (ids, ids)})["dtype"] == "float16"
 
 
 def test_real_scifact_subset(tmp_path, encoder, data_dir):

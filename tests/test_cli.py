@@ -85,7 +85,7 @@ def build_tiny_beir(src: Path, dst: Path) -> Path:
 def overrides(data_root: Path, out: Path, cache: Path, *extra: str,
               settings: str = "[unsupervised-queries,supervised]") -> list[str]:
     """The overrides that keep a run tiny; later ``extra`` items win over earlier ones."""
-    return [f"data.data_dir={data_root}", f"data.dataset={DATASET}", f"run.output_dir={out}",
+    return [f"data.data_dir={data_root}", f"data.dataset={DATASET}", f"run.output_dir={out}", "run.overwrite=true",
             f"cache.dir={cache}", f"run.dims=[{','.join(map(str, DIMS))}]", "train.epochs=1",
             "train.topk=10", "run.progress=false", f"run.settings={settings}", "run.search_k=20", "run.k_values=[10,20]", *extra]
 
@@ -115,18 +115,24 @@ def assert_one_error_line(rc: int, out: str, err: str, *needles) -> str:
 
 
 def assert_nothing_left(out_dir: Path, cache_dir: Path | None = None) -> None:
+    """A failed run wrote nothing: the run folder holds only what an earlier run left there (as
+    it was: :func:`seed_stale_report`), no staging folder is left beside it, no cache was sealed."""
     if out_dir.exists():
-        left = [p for p in out_dir.rglob("*") if p.name in REPORT_FILES + (MANIFEST,)]
-        assert not left, f"left behind: {left}"
-        assert not (out_dir / "models").exists()
+        left = {str(p.relative_to(out_dir)): p.read_text() for p in out_dir.rglob("*") if p.is_file()}
+        assert left == {name: "stale\n" for name in left} and set(left) <= set(STALE_FILES), f"written: {left}"
+    assert not list(out_dir.parent.glob(f".{out_dir.name}.*")), "a staging folder was left behind"
     if cache_dir is not None:
         assert not (cache_dir / MANIFEST).exists(), "a cache manifest was written for a failed run"
 
 
+STALE_FILES = ("results.json", "report.md", "plot.png")
+
+
 def seed_stale_report(out_dir: Path) -> None:
-    """The files of an earlier run: a failed run must not leave them looking like its own."""
+    """The files of an earlier run (runs here pass run.overwrite=true): a failed run must leave
+    them exactly as they were and add nothing (:func:`assert_nothing_left`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("results.json", "report.md", "plot.png"):
+    for name in STALE_FILES:
         (out_dir / name).write_text("stale\n")
 
 

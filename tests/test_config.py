@@ -8,7 +8,6 @@ import pytest
 
 from smec_dist.config import (
     DEFAULT_METHODS,
-    METHODS,
     SETTINGS,
     CacheConfig,
     Config,

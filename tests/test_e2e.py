@@ -110,7 +110,8 @@ def test_checkpoints_ignore_partial_and_unmarked_folders(tmp_path):
     ck = Checkpoints(tmp_path, {"model": {"name": "m"}})
     good = tmp_path / "step-00000004"
     good.mkdir()
-    (good / MARKER).write_text(json.dumps({"fingerprint": {"model": {"name": "m"}}, "global_step": 4}))
+    (good / MARKER).write_text(json.dumps({"fingerprint": {"model": {"name": "m"}}, "global_step": 4,
+                                           "files": {}}))
     (tmp_path / "step-00000008.partial").mkdir()  # a save the kill interrupted
     (tmp_path / "step-00000006").mkdir()  # renamed but no marker: never complete
     assert ck.complete() == [(4, good)]
@@ -119,6 +120,17 @@ def test_checkpoints_ignore_partial_and_unmarked_folders(tmp_path):
     with pytest.raises(SmecError, match="not a complete checkpoint"):
         ck.resolve(str(tmp_path / "step-00000008.partial"))
     assert Checkpoints(tmp_path / "none", {}).resolve("auto") is None  # nothing yet: a fresh start
+
+
+def test_a_checkpoint_without_a_sha256_table_is_never_resumed(tmp_path):
+    """Its pickles (Accelerate's, DeepSpeed's) could not be checked: refused, named."""
+    old = tmp_path / "step-00000004"
+    old.mkdir()
+    (old / MARKER).write_text(json.dumps({"fingerprint": {}, "global_step": 4}))
+    with pytest.raises(SmecError, match="no sha256 table"):
+        Checkpoints(tmp_path, {}).resolve(str(old))
+    with pytest.raises(SmecError, match="every complete checkpoint is damaged"):
+        Checkpoints(tmp_path, {}).resolve("auto")
 
 
 def test_checkpoint_of_another_config_names_the_difference(tmp_path):

@@ -17,7 +17,7 @@ from smec_dist.config import TrainConfig
 from smec_dist.errors import SmecError
 from smec_dist.method.ads import Masked
 from smec_dist.method.baselines import MultiHead, PrefixHead
-from smec_dist.method.export import CompressedModel, load_head, save_head
+from smec_dist.method.export import CompressedModel, head_about, load_head, save_head
 from smec_dist.method.losses import listwise_kl
 from smec_dist.method.smrl import SMECHead, SMECStage, smec_phases
 from smec_dist.method.transform import Transform, pca_basis
@@ -200,8 +200,9 @@ def _heads():
 @pytest.mark.parametrize("name", list(_heads()))
 def test_save_load_round_trip(tmp_path, name):
     head = _randomize(_heads()[name](), seed=5).eval()
-    path = save_head(head, tmp_path / "sub" / "head.safetensors", extra={"note": "x"})
-    assert path.exists() and not path.with_name(path.name + ".tmp").exists()
+    path = save_head(head, tmp_path / "sub" / "head.safetensors", about={"note": "x"})
+    assert path.exists() and not list(path.parent.glob("*.tmp"))
+    assert head_about(path) == {"full_dim": D, "dims": head.dims, "note": "x"}
     loaded = load_head(path)
     assert type(loaded) is type(head)
     assert loaded.dims == head.dims and loaded.full_dim == head.full_dim
@@ -228,6 +229,26 @@ def test_save_freezes_the_index_list_that_was_in_use(tmp_path):
             st.ads.scores.neg_()
     for b, st in zip(before, loaded.stages):
         assert torch.equal(st.ads.index(), b)
+
+
+def test_a_tampered_head_is_refused_wherever_it_lies(tmp_path):
+    """The tensors' sha256 travels inside the file: a changed weight is caught with no run folder
+    or manifest around it; a head from before checksums loads with a warning."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = save_head(_randomize(SMECHead(D, DIMS), seed=7), tmp_path / "h.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    state["stages.0.transform.linear.weight"][0, 0] += 1e-3
+    tampered = tmp_path / "elsewhere" / "h.safetensors"
+    tampered.parent.mkdir()
+    save_file(state, str(tampered), metadata=meta)
+    with pytest.raises(SmecError, match="tensors do not match the sha256"):
+        load_head(tampered)
+    old = tmp_path / "old.safetensors"
+    save_file(state, str(old), metadata={k: v for k, v in meta.items() if k != "tensors_sha256"})
+    assert isinstance(load_head(old), SMECHead)
 
 
 def test_load_missing_or_damaged_file_raises(tmp_path):

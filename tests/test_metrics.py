@@ -232,3 +232,14 @@ def test_bm25_name_and_errors() -> None:
         bm25_run(["a"], [""], ["q"], ["x"])
     with pytest.raises(SmecError, match="stopwords"):
         bm25_run(["a"], ["hello world"], ["q"], ["hello"], stopwords="klingon")
+
+
+def test_bm25_stemmer_is_an_explicit_choice() -> None:
+    """Scores never depend on whether PyStemmer happens to be installed: the stemmer is named."""
+    ids, docs = ["a", "b"], ["running fast every day", "a slow walk"]
+    plain = bm25_run(ids, docs, ["q"], ["runs"], k=2)  # no stemming: "runs" is not "running"
+    stemmed = bm25_run(ids, docs, ["q"], ["runs"], k=2, stemmer="english")  # both stem to "run"
+    assert plain == {"q": {}} and list(stemmed["q"]) == ["a"]
+    assert "stemmer=english" in bm25_name(stemmer="english") and "stemmer=none" in bm25_name()
+    with pytest.raises(SmecError, match="stemmer: 'klingon'"):
+        bm25_run(ids, docs, ["q"], ["runs"], stemmer="klingon")

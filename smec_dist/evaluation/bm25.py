@@ -21,31 +21,31 @@ from smec_dist.errors import SmecError
 logger = logging.getLogger(__name__)
 
 
-def _english_stemmer() -> object | None:
-    """PyStemmer's English (Snowball) stemmer when installed, else ``None``."""
-    try:
-        import Stemmer  # type: ignore[import-not-found]  # optional: PyStemmer
-    except ImportError:
+STEMMERS = ("none", "english")
+
+
+def _stemmer(name: str) -> object | None:
+    """The stemmer ``name`` names: ``none``, or ``english`` (PyStemmer's Snowball stemmer). The
+    choice is explicit, never "whatever is installed", so BM25 scores do not depend on the
+    environment; it is recorded with the results."""
+    if name not in STEMMERS:
+        raise SmecError(f"bm25 stemmer: '{name}' is not one of {', '.join(STEMMERS)}")
+    if name == "none":
         return None
+    try:
+        import Stemmer  # type: ignore[import-not-found]  # PyStemmer
+    except ImportError as exc:
+        raise SmecError("bm25 stemmer 'english' needs PyStemmer: pip install PyStemmer") from exc
     return Stemmer.Stemmer("english")
 
 
-def stemmer_name() -> str:
-    """``"english"`` if PyStemmer is importable (and so will be used), else ``"none"``."""
-    return "english" if _english_stemmer() is not None else "none"
-
-
-def bm25_name(k1: float = 1.2, b: float = 0.75) -> str:
-    """Label of the baseline as it will actually run, for reports and logs.
-
-    Args:
-        k1: BM25 term-frequency saturation.
-        b: BM25 length normalisation.
+def bm25_name(k1: float = 1.2, b: float = 0.75, stemmer: str = "none", stopwords: str | None = "en") -> str:
+    """Label of the baseline as it runs, for reports, logs and results.json.
 
     Returns:
-        E.g. ``"BM25 (bm25s, k1=1.2, b=0.75, stemmer=none)"``.
+        E.g. ``"BM25 (bm25s, k1=1.2, b=0.75, stemmer=none, stopwords=en)"``.
     """
-    return f"BM25 (bm25s, k1={k1:g}, b={b:g}, stemmer={stemmer_name()})"
+    return f"BM25 (bm25s, k1={k1:g}, b={b:g}, stemmer={stemmer}, stopwords={stopwords or 'none'})"
 
 
 def _check_ids(ids: Sequence[str], texts: Sequence[str], what: str) -> None:
@@ -103,13 +103,14 @@ def bm25_run(
     k1: float = 1.2,
     b: float = 0.75,
     stopwords: str | None = "en",
+    stemmer: str = "none",
 ) -> dict[str, dict[str, float]]:
     """Retrieve the top-k documents per query with BM25 (Lucene variant, via bm25s).
 
     Documents with no tokens left after tokenisation (empty text, only stopwords) are left
     out of the index; they could not match anyway and bm25s handles them poorly. Only
-    documents sharing at least one term with the query (score > 0) are returned. Which
-    stemmer was used is logged at INFO and given by :func:`bm25_name`.
+    documents sharing at least one term with the query (score > 0) are returned. The run's
+    settings are logged at INFO and named by :func:`bm25_name`.
 
     Args:
         doc_ids: Document ids, parallel to ``doc_texts`` (e.g. title + " " + text).
@@ -120,6 +121,7 @@ def bm25_run(
         k1: BM25 term-frequency saturation.
         b: BM25 length normalisation.
         stopwords: A bm25s stopword language (``"en"``, ...) or ``None`` for none.
+        stemmer: ``"none"`` or ``"english"`` (:data:`STEMMERS`).
 
     Returns:
         ``{query_id: {doc_id: score}}`` with every query id present (possibly empty).
@@ -135,8 +137,9 @@ def bm25_run(
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SmecError(f"k: expected a positive integer, got {k!r}")
 
-    stemmer = _english_stemmer()
-    logger.info("%s, stopwords=%s", bm25_name(k1, b), stopwords)
+    stemmer_name = stemmer
+    stemmer = _stemmer(stemmer)
+    logger.info("%s", bm25_name(k1, b, stemmer_name, stopwords))
 
     doc_tokens = _tokenize(doc_texts, stopwords, stemmer)
     kept = [i for i, toks in enumerate(doc_tokens) if toks]

@@ -1,13 +1,22 @@
 """Head files: save and load any trained head, and :class:`CompressedModel` for users.
 
 Every head maps full-width teacher embeddings (n, D) to L2-normalised compressed
-embeddings (n, d) through ``compress(x, d)``; a saved head is one safetensors file with its
-layout in the metadata (no pickle), loadable with :func:`load_head` wherever it lies.
+embeddings (n, d) through ``compress(x, d)``. A saved head is one safetensors file (no pickle)
+that describes itself in its metadata:
+
+* ``layout``: the head's class and shape (what :func:`load_head` builds);
+* ``about``: which embeddings it expects and how it was made: the base model (name, and its
+  identity: a digest of its weights or a hub revision), pooling, max_length, normalisation,
+  instructions, the method, the training setting, dims, seed, dataset;
+* ``tensors_sha256``: a digest of every tensor, checked on every load wherever the file lies,
+  so a copied-out or tampered head cannot load silently.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +29,46 @@ from ..io import atomic_path, check_listed
 from .registry import HEAD_KINDS
 from .smrl import SMECHead
 
+log = logging.getLogger(__name__)
+
 HEADS = HEAD_KINDS  # kind in a head file -> class (from the registry)
 
 
-def save_head(head: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
-    """Save weights and layout to one safetensors file (written to a temp name, renamed)."""
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A digest of a state dict's tensors: names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_head(head: nn.Module, path: str | Path, about: dict | None = None) -> Path:
+    """Save a head to one safetensors file: weights, layout, what it is (``about``: see the
+    module docstring) and the tensors' digest; written to a temporary name and renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(head, SMECHead):
         head.freeze_selections()  # the exported index list is the inference one
-    meta = {"layout": json.dumps(head.layout()), "extra": json.dumps(extra or {})}
     state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    about = {"full_dim": head.full_dim, "dims": list(head.dims), **(about or {})}
+    meta = {"layout": json.dumps(head.layout()), "about": json.dumps(about), "tensors_sha256": tensors_sha256(state)}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return path
+
+
+def head_about(path: str | Path) -> dict:
+    """What a head file says about itself (its ``about`` metadata; ``{}`` for a head written
+    before heads described themselves)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("about", "{}"))
+    except Exception as exc:  # a damaged file must not look like a head
+        raise SmecError(f"{path}: not a readable smec head ({type(exc).__name__}: {exc})") from exc
 
 
 def load_head(path: str | Path) -> nn.Module:
@@ -53,6 +88,11 @@ def load_head(path: str | Path) -> nn.Module:
         state = load_file(str(path))
     except Exception as exc:  # a damaged file must not look like a head
         raise SmecError(f"{path}: not a readable smec head ({type(exc).__name__}: {exc})") from exc
+    want = meta.get("tensors_sha256")
+    if want is None:
+        log.warning("%s: written before heads carried a checksum: loaded unchecked", path)
+    elif tensors_sha256(state) != want:
+        raise SmecError(f"{path}: its tensors do not match the sha256 recorded in the file (altered or corrupt)")
     kind = layout.pop("kind", None)
     if kind not in HEADS:
         raise SmecError(f"{path}: unknown head kind {kind!r} (known: {', '.join(HEADS)})")
@@ -74,12 +114,13 @@ class CompressedModel:
         >>> small = model.compress(full_embeddings, 96)   # (n, 96), L2-normalised
     """
 
-    def __init__(self, head: nn.Module):
+    def __init__(self, head: nn.Module, about: dict | None = None):
         self.head = head.eval()
+        self.about = dict(about or {})  # which embeddings it expects, how it was trained (save_head)
 
     @classmethod
     def load(cls, path: str | Path) -> "CompressedModel":
-        return cls(load_head(path))
+        return cls(load_head(path), head_about(path))
 
     @property
     def dims(self) -> list[int]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +19,22 @@ import torch
 import torch.nn.functional as F
 
 from .. import dist
-from ..backbone import model_width
+from ..backbone import model_identity, model_width, resolve_pooling
 from ..cache import load_cache
 from ..config import Config, dump_config, resolved_losses, setting_loss
 from ..data import ensure_dataset, eval_qrels, load_beir, load_query_file, select_anchor_queries, validation_queries
 from ..errors import SmecError
-from ..evaluation.bm25 import bm25_run
+from ..evaluation.bm25 import bm25_name, bm25_run
 from ..evaluation.metrics import evaluate_run
 from ..evaluation.search import search_metrics
-from ..io import write_file_manifest
+from ..io import publish_run, write_file_manifest
 from ..method.export import save_head
 from ..method.registry import METHODS
 from ..method.transform import pca_basis
 from ..report import print_table, write_report
 from ..tracking import Tracker, flatten
 from ..train.samplers import TrainSet, train_head
-from .base import Recipe, execute
+from .base import Recipe, execute, stage_run_folder
 from .encode import encode
 
 log = logging.getLogger(__name__)
@@ -70,26 +71,28 @@ class Job(Recipe):
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.out = Path(cfg.run.output_dir)
+        self.out = Path(cfg.run.output_dir)  # where the results are once the run is done
+        self.stage: Path | None = None  # where they are written until then (rank 0)
         self.timings: dict[str, float] = {}
         self.val_qids: list[str] = []  # held-out validation queries (run.validation), none by default
         self.tracker: Tracker | None = None
 
     # -- setup ---------------------------------------------------------------------------
-    def forget_old_report(self) -> None:
-        for stale in ("results.json", "report.md", "plot.png"):  # never leave a report of another run
-            (self.out / stale).unlink(missing_ok=True)
+    def stage_output(self) -> None:
+        """First of all: the run folder may take the results and is writable (rank 0 writes)."""
+        if dist.is_main():
+            self.stage = stage_run_folder(self.out, self.cfg.run.overwrite)
 
     def start_tracking(self) -> None:
         """After every check: a run that fails its input leaves no tracking run behind."""
         t = self.cfg.track
-        self.tracker = Tracker(t.backend, self.out, self.cfg.to_dict(), t.project, t.name, t.mode,
-                               enabled=dist.is_main())
+        self.tracker = Tracker(t.backend, self.stage or self.out, self.cfg.to_dict(), t.project,
+                               t.name or self.out.name, t.mode, enabled=dist.is_main())
         self.track_step = 0
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.forget_old_report()
+        self.stage_output()
         t = time.perf_counter()
         self.ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
         if cfg.data.eval_split not in self.ds.qrels:
@@ -214,7 +217,8 @@ class Job(Recipe):
         qrels, qids, _ = self._query_set(part)
         qtext = [self.ds.queries[q] for q in qids]
         t = time.perf_counter()
-        run = bm25_run(self.doc_ids, self.ds.doc_texts(), qids, qtext, k=self.cfg.run.search_k)
+        run = bm25_run(self.doc_ids, self.ds.doc_texts(), qids, qtext, k=self.cfg.run.search_k,
+                       stemmer=self.cfg.run.bm25_stemmer)
         seconds = time.perf_counter() - t
         metrics = evaluate_run(qrels, run, self.cfg.run.k_values)
         metrics["ms/query"] = 1000.0 * seconds / max(1, len(qtext))
@@ -277,16 +281,25 @@ class Job(Recipe):
                      f" + {tcfg.anchor_copies} noisy copies each" if tcfg.anchor_copies else "", seed)
             torch.manual_seed(seed)  # a head's initial weights do not depend on what trained before it
             head = method.build(self.full_dim, cfg.run.dims, tcfg)
-            train_head(head, data, tcfg, method.sampler, progress=cfg.run.progress, loss=loss,
+            train_head(head, data, tcfg, method.sampler, progress=cfg.run.show_progress(), loss=loss,
                        log_fn=lambda row, key=f"{setting}/{name}/seed{seed}": self._track(key, row))
             if i == 0:  # the exported model is the first seed's
-                save_head(head, self.out / "models" / setting / f"{name}.safetensors",
-                          extra={"setting": setting, "model": cfg.model.name, "dataset": self.ds.name, "seed": seed})
+                save_head(head, self.stage / "models" / setting / f"{name}.safetensors",
+                          about={**self.head_about(), "method": name, "setting": setting, "seed": seed,
+                                 "loss": asdict(loss)})
             at = ([self.full_dim] if method.full_width else []) + list(cfg.run.dims)
             scores = {str(d): lambda x, d=d: head.compress(x, d) for d in at}
             for part, table in self._scored(scores).items():
                 per_seed[part].append(table)
         return per_seed
+
+    def head_about(self) -> dict:
+        """What every head of this run records about the embeddings it expects."""
+        cfg = self.cfg
+        pooling, append_eos = resolve_pooling(cfg.model.name, cfg.model.pooling, None)
+        return {"base_model": model_identity(cfg.model.name), "pooling": pooling, "append_eos": append_eos,
+                "max_length": cfg.model.max_length, "normalize": True, "model_dtype": cfg.model.dtype,
+                "instructions": {"query": "", "doc": ""}, "dataset": self.ds.name, "trained_by": "smec run"}
 
     def _scored(self, compress_at: dict) -> dict[str, dict]:
         """``{part: {dim key: metrics}}`` of one method given its compressor per dim key."""
@@ -299,6 +312,7 @@ class Job(Recipe):
                 "eval_split": cfg.data.eval_split, "n_queries": len(self.eval_qids), "n_docs": len(self.doc_ids),
                 "anchors": cfg.run.anchors, "n_anchor_queries": len(self.anchor_emb), "seeds": list(cfg.run.seeds),
                 "loss": resolved_losses(cfg, cfg.run.settings),
+                **({"bm25": bm25_name(stemmer=cfg.run.bm25_stemmer)} if "bm25" in cfg.run.methods else {}),
                 **({"validation": cfg.run.validation, "validation_split": cfg.run.supervised_split,
                     "n_validation_queries": len(self.val_qids)} if self.val_qids else {})}
 
@@ -310,23 +324,29 @@ class Job(Recipe):
 
     # -- save / cleanup ------------------------------------------------------------------
     def save(self, results: dict) -> dict:
+        """Every artifact into the staging folder, then that folder in place of the run folder
+        in one step: an interrupted run leaves the previous run's folder as it was."""
         if not dist.is_main():
             return {}
-        self.out.mkdir(parents=True, exist_ok=True)
-        dump_config(self.cfg, self.out / "config.yaml", resolved={"loss": results["meta"]["loss"]})
+        dump_config(self.cfg, self.stage / "config.yaml", resolved={"loss": results["meta"]["loss"]})
         summary = {"metrics": results["settings"], "timings": results["timings"]}
         if "validation" in results:
             summary["validation"] = results["validation"]
         self.tracker.summary(flatten("", summary))
-        paths = write_report(self.out, results)
-        write_run_manifest(self.out)
+        paths = write_report(self.stage, results)
+        write_run_manifest(self.stage)
+        self.tracker.finish()  # its files are in the staging folder too: closed before the swap
+        publish_run(self.stage, self.out)
+        self.stage = None
         print(print_table(results, results["meta"].get("metric", "nDCG@10")))
-        print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+        print(f"\nwrote {', '.join(str(self.out / p.name) for p in paths.values())}")
         return results
 
     def cleanup(self) -> None:
         if self.tracker is not None:
             self.tracker.finish()
+        if self.stage is not None:  # the run failed: nothing of it is left behind
+            shutil.rmtree(self.stage, ignore_errors=True)
 
 
 def write_run_manifest(out: Path) -> Path:

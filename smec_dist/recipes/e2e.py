@@ -15,16 +15,18 @@ exports) -> save (train_log.json) -> cleanup.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from .. import dist
-from ..backbone import Encoder, check_backbone_mode, load_trainable, model_width
+from ..backbone import Encoder, check_backbone_mode, load_trainable, model_identity, model_width
 from ..config import Config, dump_config, resolved_losses, setting_loss
 from ..data import ensure_dataset, load_beir
 from ..errors import SmecError
@@ -36,7 +38,7 @@ from ..train.checkpoint import Checkpoints, StopRequest, fingerprint
 from ..train.engine import AccelerateEngine, RunState, adamw, check_deepspeed, deepspeed_file, precision, rss_gib
 from ..train.loop import Trainer, lr_factor
 from ..train.pairs import PairTask, load_pairs
-from .base import Recipe, execute
+from .base import Recipe, execute, held_results
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,12 @@ class E2EJob(Recipe):
         self._saved_step = -1
         self.ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
         self.pairs = load_pairs(self.ds, e2e.split)
+        if self.out.exists() and not self.out.is_dir():
+            raise SmecError(f"run.output_dir: {self.out} is a file, not a folder")
+        held = held_results(self.out)
+        if held and not e2e.resume and not cfg.run.overwrite:
+            raise SmecError(f"run.output_dir: {self.out} holds another run ({', '.join(held)}); continue it with "
+                            f"--resume auto, start over with --overwrite, or name another run.output_dir")
 
         if not torch.cuda.is_available() and world > 1:
             # Accelerate on CPU: without ACCELERATE_USE_CPU, ranks started by torchrun are not
@@ -105,6 +113,12 @@ class E2EJob(Recipe):
         if world > 1 and self.acc.distributed_type.name == "NO":
             raise SmecError(f"{world} ranks but Accelerate prepared no distributed wrapper; "
                             f"launch with accelerate launch --multi_gpu or torchrun")
+        if held and cfg.run.overwrite and not e2e.resume:  # start over: the old run's files go first
+            if dist.is_main():
+                for name in held:
+                    path = self.out / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            dist.barrier()
         # after Accelerate set up the process group: the ranks verify the checkpoint's files together
         self.resume_from = self.ckpts.resolve(e2e.resume)
         if self.resume_from is not None and self.ckpts.needs_universal(self.resume_from):
@@ -154,14 +168,17 @@ class E2EJob(Recipe):
         phases = smec_phases(self.head, self.task.basis, cfg.train)
         self.engine = AccelerateEngine(self.acc, model, opt, sched, e2e.max_grad_norm)
         self.trainer = Trainer(self.head, phases, self.task, cfg.train, engine=self.engine,
-                               progress=cfg.run.progress and dist.is_main(), log_fn=self._log,
+                               progress=cfg.run.show_progress() and dist.is_main(), log_fn=self._log,
                                on_step_end=self._on_step_end, on_phase_end=self._on_phase_end,
                                should_stop=self.stop.requested)
+        # the run state (stage, step, head, its optimizer, queue, data position, LR schedule) is
+        # saved by Checkpoints as safetensors + JSON, not registered with Accelerate (which
+        # would pickle it and unpickle it with weights_only=False)
         self.state = RunState(self.trainer, self.engine)
-        self.acc.register_for_checkpointing(self.state)
         if self.resume_from is not None:
             log.info("resuming from %s", self.resume_from)
-            self.acc.load_state(str(self.resume_from))
+            self.acc.load_state(str(self.resume_from), load_kwargs={"weights_only": True})
+            self.state.load_state_dict(self.ckpts.load_run_state(self.resume_from))
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.out / "config.yaml", resolved={"loss": resolved_losses(cfg, ["supervised"])})
@@ -213,7 +230,7 @@ class E2EJob(Recipe):
         if step == self._saved_step:  # e.g. a stop request right after a periodic save
             return None
         self._saved_step = step
-        return self.ckpts.save(self.acc, step, self._position(trainer))
+        return self.ckpts.save(self.acc, step, self._position(trainer), self.state.state_dict())
 
     # -- exports --------------------------------------------------------------------------
     def export(self, index: int) -> Path:
@@ -235,7 +252,12 @@ class E2EJob(Recipe):
     def _write_export(self, tmp: Path, index: int, state: dict | None) -> None:
         """The files of a stage export (see :meth:`export`), written into ``tmp``."""
         e2e = self.cfg.e2e
-        save_head(self.head.first_stages(index + 1), tmp / "head.safetensors")
+        save_head(self.head.first_stages(index + 1), tmp / "head.safetensors", about={
+            "base_model": model_identity(self.cfg.model.name), "backbone": e2e.backbone, "pooling": self.pooling,
+            "append_eos": self.append_eos, "max_length": self.cfg.model.max_length, "normalize": True,
+            "instructions": {"query": e2e.query_instruction, "doc": e2e.doc_instruction}, "method": "smec",
+            "setting": "supervised", "trained_by": "smec train", "stage": index + 1,
+            "note": "the backbone in this export's backbone/ folder makes the embeddings this head expects"})
         if state is not None:
             self.acc.unwrap_model(self.model).save_pretrained(tmp / "backbone", state_dict=state,
                                                               safe_serialization=True)
@@ -280,6 +302,13 @@ class E2EJob(Recipe):
         if self.tracker is not None:
             self.tracker.finish()
         if self.acc is not None:
+            # Drop the prepared model (its DDP reducer holds the process group and gloo's work
+            # objects) and collect it while the interpreter is whole: freed during interpreter
+            # shutdown instead, gloo's threads can abort the process (SIGABRT, "terminate called
+            # without an active exception") after a successful run.
+            self.model = self.engine = self.trainer = self.task = self.encoder = self.state = None
+            self.acc.free_memory()
+            gc.collect()
             self.acc.end_training()
 
 

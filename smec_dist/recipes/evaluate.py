@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import dist
-from ..backbone import Encoder, load_encoder, resolve_device, resolve_model
+from ..backbone import Encoder, identity_key, load_encoder, model_identity, resolve_device, resolve_model
 from ..cache import build_cache, load_cache
 from ..config import Config
 from ..data import ensure_dataset, load_beir
 from ..errors import SmecError
 from ..evaluation.search import search_metrics
-from ..io import atomic_write_json, atomic_write_text, file_table_problem, read_file_manifest
+from ..io import atomic_write_json, atomic_write_text, file_table, file_table_problem, read_file_manifest
 from ..method.export import load_head
 from .base import Recipe, execute
 
@@ -52,13 +52,16 @@ class SmecModel:
     """
 
     def __init__(self, encoder: Encoder, name: str, heads: dict[str, torch.nn.Module] | None = None,
-                 query_instruction: str = "", doc_instruction: str = "", identity: str = ""):
-        self.encoder, self.name = encoder, name
+                 query_instruction: str = "", doc_instruction: str = "", identity: dict | None = None,
+                 dtype: str = "float32"):
+        self.encoder, self.name, self.dtype = encoder, name, dtype
         self.heads = dict(heads or {})
         self.instruction = {"query": query_instruction, "doc": doc_instruction}
-        self.identity = identity or name  # what an embedding cache of this model is keyed on
+        # what the backbone is (its weights' digest, not its name): an embedding cache's key
+        self.identity = dict(identity or {"name": name})
         self.default_method = next(iter(self.heads), TRUNCATE)  # what encode(..., method=None) uses
-        self.revision = hashlib.sha256(self.identity.encode()).hexdigest()[:12]  # MTEB's results folder
+        digest = json.dumps([self.identity, dtype, self.instruction], sort_keys=True).encode()
+        self.revision = hashlib.sha256(digest).hexdigest()[:12]  # MTEB's results folder
         self.batch_size, self.progress = 64, False  # encode()'s defaults (MTEB calls it without them)
         for method, head in self.heads.items():
             if head.full_dim != encoder.dim:
@@ -118,7 +121,8 @@ class SmecModel:
         enc = Encoder(model, tok, pooling=meta["pooling"], normalize=True, max_length=meta["max_length"],
                       append_eos=meta["append_eos"], device=device)
         return cls(enc, f"{stage.resolve().parent.parent.name}-{stage.name}", {"smec": load_head(stage / "head.safetensors")},
-                   meta["query_instruction"], meta["doc_instruction"], identity=f"{_files_identity(stage)}|{dtype}")
+                   meta["query_instruction"], meta["doc_instruction"], identity=_export_identity(stage, listed),
+                   dtype=dtype)
 
     @classmethod
     def from_model(cls, name: str, heads: list[str | Path] = (), *, pooling: str | None = None,
@@ -132,8 +136,8 @@ class SmecModel:
             if method in (FULL, TRUNCATE) or method in loaded:  # e.g. two settings' smec.safetensors
                 method = f"{path.parent.name}-{path.stem}"
             loaded[method] = load_head(path)
-        identity = f"{name}|{enc.pooling}|{enc.max_length}|{dtype}|{query_instruction}|{doc_instruction}"
-        return cls(enc, name, loaded, query_instruction, doc_instruction, identity=identity)
+        return cls(enc, name, loaded, query_instruction, doc_instruction,
+                   identity=identity_key(model_identity(name)), dtype=dtype)
 
     # -- encoding --------------------------------------------------------------------------
     def texts(self, texts: list[str], kind: str) -> list[str]:
@@ -179,14 +183,14 @@ class SmecModel:
                             f"(or the full width {self.full_dim})")
 
 
-def _files_identity(folder: Path) -> str:
-    """Name + size + mtime of every file of an export: a re-export gets new embeddings."""
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and "eval" not in p.relative_to(folder).parts:
-            st = p.stat()
-            h.update(f"{p.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return f"{folder.resolve()}@{h.hexdigest()[:16]}"
+def _export_identity(stage: Path, listed: dict | None) -> dict:
+    """A stage export's identity: the digest of its files' sha256 table (its manifest, verified
+    on load; computed here for an export that has none). A re-export gets new embeddings."""
+    if listed is None:
+        listed = file_table(stage, sorted(str(p.relative_to(stage)) for p in stage.rglob("*")
+                                          if p.is_file() and "eval" not in p.relative_to(stage).parts))
+    table = {rel: entry["sha256"] for rel, entry in listed.items()}
+    return {"export_sha256": hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()}
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -232,9 +236,10 @@ class Evaluation(Recipe):
         log.info("evaluating %s on %s %s (%d queries, %d documents), rank %d/%d", model.name, ds.name, self.split,
                  len(qids), len(doc_ids), rank, world)
         emb_dir = self.out / "embeddings"
-        build_cache(emb_dir, model.encoder, model.identity, parts, dataset_path=str(ds.root), dtype="float32",
+        build_cache(emb_dir, model.encoder, model.name, parts, dataset_path=str(ds.root), dtype="float32",
                     shard_size=cfg.cache.shard_size, batch_size=cfg.model.batch_size, rank=rank, world_size=world,
-                    barrier=dist.barrier, progress=cfg.run.progress and dist.is_main())
+                    barrier=dist.barrier, progress=cfg.run.show_progress() and dist.is_main(),
+                    model_id=model.identity, model_dtype=model.dtype)
         result = None
         if dist.is_main():
             cache = load_cache(emb_dir)

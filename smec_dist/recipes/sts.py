@@ -37,7 +37,7 @@ class StsJob(Job):
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.forget_old_report()
+        self.stage_output()
         t = time.perf_counter()
         root = ensure_dataset(cfg.data.dataset, cfg.data.data_dir)
         if "unsupervised-queries" in cfg.run.settings:

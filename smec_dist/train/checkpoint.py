@@ -1,8 +1,9 @@
 """Checkpoints of end-to-end runs: complete or ignored, and never from another config.
 
 A checkpoint is an ``accelerator.save_state`` folder (model or ZeRO partitions, optimizer,
-every rank's RNG states, and the registered training state: SMRL stage, step within it,
-head, head optimizer, S-XBM queue, data position). It is written under
+every rank's RNG states) plus our run state (SMRL stage, step within it, head, head optimizer,
+S-XBM queue, data position, LR schedule) in ``run_state.safetensors`` + ``run_state.json``
+(:func:`smec_dist.io.save_tree`: no pickle). It is written under
 ``<name>.partial``; only when every rank has finished writing does the main process add
 ``complete.json`` (the config fingerprint and the position) and rename the folder to its
 final name. A kill at any moment therefore leaves either a complete checkpoint or a
@@ -12,6 +13,13 @@ final name. A kill at any moment therefore leaves either a complete checkpoint o
 all ranks, each a share of the files). ``--resume auto`` verifies the newest checkpoint and,
 when a file is missing, truncated or altered, warns and falls back to the previous complete
 one; older checkpoints are pruned only after a newer one was written and hashed.
+
+Trust boundary: Accelerate and DeepSpeed keep some of a checkpoint in pickles (RNG states,
+optimizer and ZeRO partition files; Accelerate loads its files with ``weights_only=True``,
+DeepSpeed its partitions with ``weights_only=False``). A checkpoint is resumed only when
+every file matches the sha256 table of its ``complete.json``, and one without a table is
+refused: that proves the files are the ones the run wrote, not who wrote them. Resume only
+from checkpoints you (or people you trust) wrote.
 """
 
 from __future__ import annotations
@@ -29,11 +37,12 @@ from types import SimpleNamespace
 from .. import dist
 from ..config import Config, setting_loss
 from ..errors import SmecError
-from ..io import atomic_dir, atomic_write_json, file_table, file_table_problem, replace_dir
+from ..io import atomic_dir, atomic_write_json, file_table, file_table_problem, load_tree, replace_dir, save_tree
 
 log = logging.getLogger(__name__)
 
 MARKER = "complete.json"
+RUN_STATE = "run_state"  # run_state.safetensors + run_state.json
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -88,10 +97,12 @@ class Checkpoints:
         return dict(sorted(out.items()))
 
     def damage(self, folder: Path, info: dict) -> str | None:
-        """What is wrong with the files of a complete checkpoint (``None``: all intact)."""
+        """What is wrong with the files of a complete checkpoint (``None``: all intact). One
+        without a sha256 table (written before checksums) is never trusted: its pickles would be
+        loaded unchecked."""
         listed = info.get("files")
-        if listed is None:  # written before checksums existed: nothing to compare
-            return None
+        if listed is None:
+            return f"{folder / MARKER} has no sha256 table of its files: not resumed (its pickles would be unchecked)"
         return file_table_problem(folder, listed, lambda: self._hash_files(folder))
 
     def check(self, folder: Path) -> dict:
@@ -190,8 +201,17 @@ class Checkpoints:
             raise SmecError(f"e2e.resume: checkpoint {folder} is damaged: {problem}")
         return folder
 
-    def save(self, accelerator, global_step: int, position: dict) -> Path:
-        """Write a checkpoint from every rank; complete only once all ranks have written."""
+    def load_run_state(self, folder: Path) -> dict:
+        """The run state a verified checkpoint holds (safetensors + JSON, no pickle)."""
+        try:
+            return load_tree(Path(folder) / RUN_STATE)
+        except (OSError, ValueError, KeyError) as exc:
+            raise SmecError(f"{folder}: its run state ({RUN_STATE}.safetensors/.json) cannot be read "
+                            f"({type(exc).__name__}: {exc})") from exc
+
+    def save(self, accelerator, global_step: int, position: dict, run_state: dict) -> Path:
+        """Write a checkpoint from every rank (``run_state``: the trainer's, the same on every
+        rank, written by rank 0); complete only once all ranks have written."""
         final = self.root / f"step-{global_step:08d}"
         partial = final.with_name(final.name + ".partial")
         if dist.is_main():
@@ -199,6 +219,8 @@ class Checkpoints:
             shutil.rmtree(partial, ignore_errors=True)  # a leftover of a killed save
         dist.barrier()
         accelerator.save_state(str(partial))
+        if dist.is_main():
+            save_tree(partial / RUN_STATE, run_state)
         dist.barrier()  # every rank's shards are on disk
         files = self._hash_files(partial)
         if dist.is_main():
