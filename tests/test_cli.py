@@ -255,6 +255,10 @@ def test_run_happy_path(first_run):
     meta = results["meta"]
     assert meta["full_dim"] == FULL_DIM and meta["dims"] == DIMS and meta["dataset"] == DATASET
     assert meta["n_docs"] == N_DOCS and meta["n_queries"] == N_TEST_QUERIES and meta["model"] == "minilm"
+    assert meta["bm25"] == "BM25 (bm25s, k1=1.2, b=0.75, stemmer=none, stopwords=en)"  # as it ran, named
+    assert meta["loss"]["supervised"]["temperature"] == 0.05 and meta["loss"]["supervised"]["infonce_weight"] == 1.0
+    assert meta["loss"]["unsupervised-queries"] == {**meta["loss"]["supervised"], "temperature": 0.03,
+                                                     "infonce_weight": 0.0}
     assert set(results["settings"]) == {"unsupervised-queries", "supervised"}
     for setting, methods in results["settings"].items():
         assert set(methods) == set(UNTRAINED + TRAINED), setting
@@ -371,12 +375,11 @@ def _duplicate_id(ds: Path) -> list[str]:
     return [f"{ds / 'corpus.jsonl'}:7:", "duplicate", first_id[0], "line 2"]
 
 
-def _unknown_doc_in_qrels(ds: Path) -> list[str]:
+def _only_absent_docs_in_qrels(ds: Path) -> list[str]:
     path = ds / "qrels" / "test.tsv"
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    qid = lines[1].split("\t")[0]
-    path.write_text("".join(lines) + f"{qid}\tno-such-doc\t1\n", encoding="utf-8")
-    return [f"{path}:{len(lines) + 1}:", "no-such-doc"]
+    qids = [line.split("\t")[0] for line in path.read_text(encoding="utf-8").splitlines()[1:3]]
+    path.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\tno-such-doc\t1\n" for q in qids), encoding="utf-8")
+    return [str(path), "no judgment left", "no-such-doc"]
 
 
 def _empty_corpus(ds: Path) -> list[str]:
@@ -384,8 +387,8 @@ def _empty_corpus(ds: Path) -> list[str]:
     return [str(ds / "corpus.jsonl"), "no documents"]
 
 
-@pytest.mark.parametrize("breaker", [_malformed_json, _missing_id, _duplicate_id, _unknown_doc_in_qrels, _empty_corpus],
-                         ids=["malformed-json", "missing-id", "duplicate-id", "unknown-doc-in-qrels", "empty-corpus"])
+@pytest.mark.parametrize("breaker", [_malformed_json, _missing_id, _duplicate_id, _only_absent_docs_in_qrels, _empty_corpus],
+                         ids=["malformed-json", "missing-id", "duplicate-id", "only-absent-docs-in-qrels", "empty-corpus"])
 def test_bad_dataset(dataset_copy, tmp_path, capsys, breaker):
     needles = breaker(dataset_copy)
     out, cache = tmp_path / "out", tmp_path / "cache"
@@ -560,7 +563,7 @@ def test_config_prints_loadable_yaml(tmp_path, capsys, with_file):
     assert rc == 0, cap.err
     assert cap.err == ""
     printed = yaml.safe_load(cap.out)
-    assert set(printed) == {"data", "model", "cache", "run", "train", "e2e", "track"}
+    assert set(printed) == {"data", "model", "cache", "run", "train", "e2e", "track", "suite"}
     path = tmp_path / "printed.yaml"
     path.write_text(cap.out, encoding="utf-8")
     expected = load_config(argv[2] if with_file else None, extra)

@@ -74,7 +74,7 @@ def test_shipped_config_states_its_launch_command(path: Path):
     comments = [line for line in head if line.lstrip().startswith("#")]
     assert comments, f"{path.name}: no header comment"
     text = "\n".join(comments)
-    assert "smec run" in text or "launch/" in text, f"{path.name}: header does not say how to launch it:\n{text}"
+    assert any(c in text for c in ("smec run", "smec suite", "launch/")), f"{path.name}: header does not say how to launch it:\n{text}"
     assert path.name in text, f"{path.name}: the launch command in the header does not name the file itself"
 
 
@@ -86,7 +86,7 @@ def test_defaults_are_valid_and_complete():
     assert cfg == Config()
     assert cfg.run.settings == list(SETTINGS) and cfg.run.methods == list(DEFAULT_METHODS)
     assert cfg.run.dims == sorted(cfg.run.dims, reverse=True)
-    assert set(cfg.to_dict()) == {"data", "model", "cache", "run", "train", "e2e", "track"}
+    assert set(cfg.to_dict()) == {"data", "model", "cache", "run", "train", "e2e", "track", "suite"}
     assert isinstance(cfg.data, DataConfig) and isinstance(cfg.model, ModelConfig)
     assert isinstance(cfg.cache, CacheConfig) and isinstance(cfg.run, RunConfig)
     assert isinstance(cfg.train, TrainConfig)
@@ -340,7 +340,10 @@ def test_supervised_train_set_keeps_judged_queries_only():
 
     from smec_dist.recipes.adapter import Job
 
+    from smec_dist.data import IdenticalIds
+
     job = Job(load_config(None, []))
+    job.identical = IdenticalIds(False, "auto", 0, 0, 3)
     job.corpus = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
     job.doc_ids = [f"d{i}" for i in range(6)]
     job.query_ids = ["q0", "q1", "q2"]
@@ -400,3 +403,18 @@ def test_validation_spec(value, fraction):
 def test_bad_validation_spec_names_the_key(value):
     with pytest.raises(SmecError, match=r"run\.validation: .*holdout:<fraction in \(0, 1\)>"):
         load_config(None, [f"run.validation={value}"])
+
+
+def test_every_key_is_documented_with_its_type_and_default(capsys):
+    """``smec config --keys``: every key of every section, with its type, default and meaning."""
+    from smec_dist.cli import main
+    from smec_dist.config import key_reference
+
+    rows = key_reference()
+    keys = {f"{section}.{key}" for section, values in load_config().to_dict().items() for key in values}
+    assert {r[0] for r in rows} == keys
+    assert [r[0] for r in rows if not r[3]] == []  # a docstring for every key
+    assert ("train.temperature", "float", "0.03") == rows[[r[0] for r in rows].index("train.temperature")][:3]
+    assert main(["config", "--keys"]) == 0
+    out = capsys.readouterr().out
+    assert "run.doc_anchors (int, default 0)" in out and "data.ignore_identical_ids (bool | str, default 'auto')" in out

@@ -199,9 +199,12 @@ BAD_QRELS = {
     "columns": (["query-id\tcorpus-id\tscore", "q1\td1\t1", "q1\td2"], ["train.tsv:3:", "3 tab-separated columns", "got 2"]),
     "extra_column": (["query-id\tcorpus-id\tscore", "q1\td1\t1\tx"], ["train.tsv:2:", "got 4"]),
     "score": (["query-id\tcorpus-id\tscore", "q1\td1\t1", "q1\td2\t0.5"], ["train.tsv:3:", "'0.5'", "integer"]),
-    "unknown_query": (["query-id\tcorpus-id\tscore", "q1\td1\t1", "", "q9\td1\t1"], ["train.tsv:4:", "'q9'", "queries.jsonl"]),
-    "unknown_doc": (["query-id\tcorpus-id\tscore", "q1\tzz\t1"], ["train.tsv:2:", "'zz'", "corpus.jsonl"]),
-    "header_only": (["query-id\tcorpus-id\tscore"], ["train.tsv", "no judgments"]),
+    # judgments naming absent ids are skipped (test_conventions); an error only when none is left
+    "only_unknown_query": (["query-id\tcorpus-id\tscore", "", "q9\td1\t1"],
+                           ["train.tsv", "no judgment left", "line 3, 'q9'", "queries.jsonl"]),
+    "only_unknown_doc": (["query-id\tcorpus-id\tscore", "q1\tzz\t1"],
+                         ["train.tsv", "no judgment left", "line 2, 'zz'", "corpus.jsonl"]),
+    "header_only": (["query-id\tcorpus-id\tscore"], ["train.tsv", "no judgment left"]),
 }
 
 

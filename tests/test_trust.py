@@ -100,6 +100,28 @@ def test_the_same_dataset_in_two_folders_shares_one_cache_only_if_identical(tiny
     assert len(list((runs / "cache").iterdir())) == 1
 
 
+def test_an_unsealed_cache_never_adopts_a_corrupted_shard(tiny, tmp_path, caplog):
+    """A cache left without its manifest (a kill before sealing) with a shard whose bytes were
+    altered since it was written: the next `smec encode` encodes that shard again instead of
+    adopting it after a header check, and the sealed cache verifies."""
+    from smec_dist.cache import MANIFEST, load_cache
+
+    cache = tmp_path / "cache"
+    args = ["encode", f"data.data_dir={tiny / 'data'}", f"data.dataset={DATASET}", f"cache.dir={cache}",
+            "cache.shard_size=16", "cache.dtype=float32", "run.progress=false"]
+    assert main(args) == 0
+    reference = load_cache(cache).embeddings("corpus")
+    (cache / MANIFEST).unlink()
+    shard = cache / "corpus" / "shard-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-4:] = bytes(4)  # same size, same header: only the bytes tell
+    shard.write_bytes(bytes(data))
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
+    assert f"{shard}: does not match its checksum record: encoding it again" in caplog.text
+    np.testing.assert_array_equal(load_cache(cache).embeddings("corpus"), reference)
+
+
 # ------------------------------------------------------------------ 2. run folders that never clobber
 
 
@@ -294,3 +316,33 @@ def test_version_and_quiet():
     assert proc.returncode == 0 and re.fullmatch(r"smec-dist \d+\.\d+\.\d+\n", proc.stdout)
     quiet = _smec("-q", "config")
     assert quiet.returncode == 0 and quiet.stderr == "" and "data:" in quiet.stdout
+
+
+# ------------------------------------------------------------------ run.select: the best head per dim
+
+
+def test_select_on_validation_exports_the_best_head_per_dim(tiny, tmp_path):
+    """run.select=validation: per dim, the method and setting with the best validation nDCG@10
+    (PCA and truncation compete), one file serving every dim, the choice recorded."""
+    from smec_dist.method.export import CompressedModel, head_about
+
+    out = tmp_path / "out"
+    assert main(_run_args(tiny / "data", out, f"cache.dir={tmp_path / 'cache'}", "run.validation=holdout:0.25",
+                          "run.select=validation", methods="[full,truncation,pca,mrl,smec]")) == 0
+    results = json.loads((out / "results.json").read_text())
+    best = results["meta"]["best"]
+    assert set(best) == {"32", "16"}
+    for dim, choice in best.items():
+        scores = {(s, m): v[dim]["nDCG@10"] for s, ms in results["validation"].items() for m, v in ms.items()
+                  if dim in v}
+        assert choice["validation nDCG@10"] == max(scores.values())
+    head = out / "models" / "best.safetensors"
+    assert head_about(head)["selected"] == best
+    model = CompressedModel.load(head)
+    x = torch.randn(5, 384)
+    for dim, choice in best.items():
+        y = model.compress(x.numpy(), int(dim))
+        assert y.shape == (5, int(dim)) and np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+        if choice["method"] != "pca" and choice["method"] != "truncation":
+            other = CompressedModel.load(out / "models" / choice["setting"] / f"{choice['method']}.safetensors")
+            np.testing.assert_allclose(y, other.compress(x.numpy(), int(dim)), atol=1e-6)

@@ -150,36 +150,46 @@ def load_qrels(
 ) -> dict[str, dict[str, int]]:
     """Reads one BEIR ``qrels/<split>.tsv``.
 
+    Judgments that name a query or document absent from the dataset are counted and skipped
+    with one warning naming the file (as BEIR and MTEB skip them: public releases carry a
+    few); only a file with no judgment left is an error.
+
     Args:
         path: The qrels file.
-        query_ids: When given, every query id in the file must be one of these.
-        doc_ids: When given, every doc id in the file must be one of these.
+        query_ids: When given, judgments of other query ids are skipped.
+        doc_ids: When given, judgments of other doc ids are skipped.
 
     Returns:
         Query id -> doc id -> integer score, in file order.
 
     Raises:
-        SmecError: Wrong header, wrong column count, non-integer score, unknown id, or no
-            judgments at all.
+        SmecError: Wrong header, wrong column count, non-integer score, or no judgment left.
     """
     path = Path(path)
     qrels: dict[str, dict[str, int]] = {}
     repeated = 0
+    absent = {"query": [], "document": []}  # (line, id) of each skipped judgment
     for lineno, (qid, did, raw_score) in iter_tsv_rows(path, QRELS_HEADER, "qrels header"):
         try:
             score = int(raw_score)
         except ValueError:
             raise SmecError(f"{path}:{lineno}: score {short_repr(raw_score)} is not an integer") from None
         if query_ids is not None and qid not in query_ids:
-            raise SmecError(f"{path}:{lineno}: query id {short_repr(qid)} is not in queries.jsonl")
+            absent["query"].append((lineno, qid))
+            continue
         if doc_ids is not None and did not in doc_ids:
-            raise SmecError(f"{path}:{lineno}: doc id {short_repr(did)} is not in corpus.jsonl")
+            absent["document"].append((lineno, did))
+            continue
         judged = qrels.setdefault(qid, {})
         if did in judged:
             repeated += 1
         judged[did] = score
+    skipped = "; ".join(f"{len(rows)} name a {kind} absent from {'queries' if kind == 'query' else 'corpus'}.jsonl "
+                        f"(first: line {rows[0][0]}, {short_repr(rows[0][1])})" for kind, rows in absent.items() if rows)
     if not qrels:
-        raise SmecError(f"{path}: no judgments after the header")
+        raise SmecError(f"{path}: no judgment left" + (f" ({skipped})" if skipped else " after the header"))
+    if skipped:
+        log.warning("%s: %s: skipped, as BEIR and MTEB skip them", path, skipped)
     if repeated:
         # pytrec_eval and BEIR's own loader keep the last value too; worth a note, not a stop.
         log.warning("%s: %d repeated (query, doc) pair(s); the last score wins", path, repeated)

@@ -78,12 +78,12 @@ def select_anchor_queries(
         pool = list(_require_split(ds, eval_split))
         if len(pool) < 2:
             raise SmecError(f"anchor spec '{spec}': split '{eval_split}' has too few queries to hold out")
-        ids = _seeded_part(pool, fraction, seed)
+        ids = seeded_part(pool, fraction, seed)
         return [ds.queries[q] for q in ids], ids
     raise SmecError(f"anchor spec '{spec}' is not valid: use {ANCHOR_SPEC_FORMS}")
 
 
-def _seeded_part(pool: list[str], fraction: float, seed: int) -> list[str]:
+def seeded_part(pool: list[str], fraction: float, seed: int) -> list[str]:
     """A seeded random ``fraction`` of ``pool`` (at least one, never all), in pool order."""
     count = min(max(round(fraction * len(pool)), 1), len(pool) - 1)
     chosen = set(random.Random(seed).sample(pool, count))
@@ -111,7 +111,7 @@ def validation_queries(ds: BeirDataset, split: str, fraction: float, seed: int =
     if len(judged) < 2:
         raise SmecError(f"{ds.root}: split '{split}' has {len(judged)} judged quer"
                         f"{'y' if len(judged) == 1 else 'ies'}; too few to hold some out for validation")
-    return _seeded_part(judged, fraction, seed)
+    return seeded_part(judged, fraction, seed)
 
 
 def eval_qrels(

@@ -243,12 +243,15 @@ def _local_task_base():
     return LocalBEIRRetrieval
 
 
-def local_retrieval_task(folder: str | Path, split: str = "test"):
+def local_retrieval_task(folder: str | Path, split: str = "test", ignore_identical_ids: bool | str = "auto"):
     """An MTEB retrieval task over a local BEIR folder, fully offline.
 
     Args:
         folder: The folder with ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
         split: The qrels split to evaluate (the task's only eval split).
+        ignore_identical_ids: MTEB's task setting of that name; ``auto`` decides it from the
+            data as our evaluator does (:func:`smec_dist.data.identical_ids`), so MTEB and
+            our figures follow the same convention (ArguAna-like sets: on; numeric ids: off).
 
     Returns:
         An ``AbsTaskRetrieval`` instance named ``LocalBEIR-<folder name>``: main score
@@ -281,8 +284,13 @@ def local_retrieval_task(folder: str | Path, split: str = "test"):
     )
     # A class per task keeps ``metadata`` a class attribute, as MTEB expects
     # (``unload_data`` drops an instance-level one).
+    if ignore_identical_ids == "auto":
+        from smec_dist.data import identical_ids, load_beir
+
+        ignore_identical_ids = identical_ids(load_beir(root, splits=[split])).ignore
     cls = type(f"LocalBEIR_{_safe_name(root.resolve().name).replace('-', '_').replace('.', '_')}",
-               (_local_task_base(),), {"metadata": metadata, "folder": root, "split": split})
+               (_local_task_base(),), {"metadata": metadata, "folder": root, "split": split,
+                                       "ignore_identical_ids": bool(ignore_identical_ids)})
     cls.__module__ = __name__
     return cls()
 
@@ -290,7 +298,7 @@ def local_retrieval_task(folder: str | Path, split: str = "test"):
 # --------------------------------------------------------------------------- running
 
 
-def _resolve_task(name: str, data_dir: Path, split: str):
+def _resolve_task(name: str, data_dir: Path, split: str, ignore_identical_ids: bool | str = "auto"):
     """A local BEIR folder (``data_dir/name`` or a folder path) first, else the MTEB registry."""
     tried = []
     candidates = [data_dir / name]
@@ -300,7 +308,7 @@ def _resolve_task(name: str, data_dir: Path, split: str):
     for folder in candidates:
         tried.append(f"local BEIR folder {folder}")
         if folder.is_dir():
-            return local_retrieval_task(folder, split), True
+            return local_retrieval_task(folder, split, ignore_identical_ids), True
     import mteb
 
     tried.append("MTEB task registry")
@@ -363,6 +371,7 @@ def run_mteb(
     name: str | None = None,
     revision: str | None = None,
     batch_size: int = 64,
+    ignore_identical_ids: bool | str = "auto",
 ) -> dict[str, dict]:
     """Evaluates a SMEC model with MTEB and writes MTEB's result files.
 
@@ -380,6 +389,8 @@ def run_mteb(
         name: Model name (see :func:`model_meta`).
         revision: Model revision (see :func:`model_meta`).
         batch_size: MTEB DataLoader batch size (the model still batches its own encoding).
+        ignore_identical_ids: for local folders, MTEB's setting of that name (``auto``: from
+            the data, as our evaluator decides it); registry tasks keep MTEB's own.
 
     Returns:
         Per requested name: ``task`` (MTEB task name), ``split``, ``main_score``,
@@ -400,7 +411,7 @@ def run_mteb(
     encoder = _encoder_class()(model, dim=dim, name=name, revision=revision)  # checks dim
     resolved = []
     for task_name in tasks:  # resolve every name first, so a typo fails before any encoding
-        task, local = _resolve_task(str(task_name), data_dir, split)
+        task, local = _resolve_task(str(task_name), data_dir, split, ignore_identical_ids)
         resolved.append((str(task_name), task, local))
 
     import mteb

@@ -182,6 +182,12 @@ def search_run(
     return to_run(query_ids, doc_ids, scores, indices)
 
 
+def drop_identical(run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """A run without the document whose id is the query's, as BEIR and MTEB remove it after
+    search when a task sets ``ignore_identical_ids`` (see :mod:`smec_dist.data.conventions`)."""
+    return {qid: {d: s for d, s in docs.items() if d != qid} for qid, docs in run.items()}
+
+
 def search_metrics(
     docs: np.ndarray,
     doc_ids: Sequence[str],
@@ -192,6 +198,7 @@ def search_metrics(
     k_values: Sequence[int] = (10, 100),
     use_gpu: str = "auto",
     efficiency: bool = False,
+    ignore_identical_ids: bool = False,
 ) -> dict[str, float]:
     """Exact search, then the BEIR metric suite: the one "search + metrics" of the project.
 
@@ -202,6 +209,8 @@ def search_metrics(
         k_values: cut-offs of the metrics (:func:`smec_dist.evaluation.metrics.evaluate_run`).
         efficiency: also report ``bytes/doc`` (of the index, in ``docs``' dtype) and
             ``ms/query`` (the search alone).
+        ignore_identical_ids: drop the document whose id is the query's from each ranking
+            after the search (:func:`drop_identical`).
     """
     if len(doc_ids) != len(docs):
         raise SmecError(f"doc_ids: {len(doc_ids)} ids for {len(docs)} document embeddings")
@@ -210,7 +219,8 @@ def search_metrics(
     t = time.perf_counter()
     scores, indices = exact_search(docs, queries, k, use_gpu=use_gpu)
     seconds = time.perf_counter() - t
-    metrics = evaluate_run(qrels, to_run(query_ids, doc_ids, scores, indices), k_values)
+    run = to_run(query_ids, doc_ids, scores, indices)
+    metrics = evaluate_run(qrels, drop_identical(run) if ignore_identical_ids else run, k_values)
     if efficiency:
         docs = np.asarray(docs)
         metrics["bytes/doc"] = float(docs.shape[1] * docs.dtype.itemsize)

@@ -70,6 +70,31 @@ class MultiHead(nn.Module):
         return {"kind": self.kind, "full_dim": self.full_dim, "dims": self.dims, "hidden": self.hidden}
 
 
+class FixedHead(nn.Module):
+    """An untrained compression as a head: a fixed map (the PCA basis; the identity for
+    truncation), its first d outputs, L2-normalised. It lets PCA and truncation be exported,
+    chosen (``run.select``) and served like any trained head.
+
+    Args:
+        basis: (D, D) rows, the directions kept in order (default: the identity).
+    """
+
+    kind = "fixed"
+
+    def __init__(self, full_dim: int, dims: list[int], hidden: int = 0, basis: torch.Tensor | None = None):
+        super().__init__()
+        self.full_dim, self.dims, self.hidden = full_dim, list(dims), 0
+        self.register_buffer("basis", basis.clone().float() if basis is not None else torch.eye(full_dim))
+
+    def compress(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        if dim not in self.dims and dim != self.full_dim:
+            raise SmecError(f"dim {dim} is not one of this head's dims {self.dims}")
+        return F.normalize(x @ self.basis[:dim].T, dim=-1)
+
+    def layout(self) -> dict:
+        return {"kind": self.kind, "full_dim": self.full_dim, "dims": self.dims, "hidden": 0}
+
+
 class SingleHead(PrefixHead):
     """The single-resolution ablation: one map trained at full width only, then truncated.
 

@@ -34,6 +34,47 @@ log = logging.getLogger(__name__)
 HEADS = HEAD_KINDS  # kind in a head file -> class (from the registry)
 
 
+class PerDimHead(nn.Module):
+    """A head per dim, each possibly of another method: what ``run.select`` exports (the best
+    method and setting at each dim, chosen on validation). ``compress(x, d)`` uses dim d's head.
+
+    Args:
+        heads: dim -> head (each must give that dim).
+    """
+
+    kind = "perdim"
+
+    def __init__(self, full_dim: int, dims: list[int], hidden: int = 0, parts: dict | None = None,
+                 heads: dict[int, nn.Module] | None = None):
+        super().__init__()
+        self.full_dim, self.dims, self.hidden = full_dim, sorted(dims, reverse=True), 0
+        if heads is None:  # being loaded: build each part from its layout
+            heads = {int(d): HEADS[layout["kind"]](**{k: v for k, v in layout.items() if k != "kind"})
+                     for d, layout in (parts or {}).items()}
+        self.parts = nn.ModuleDict({str(d): h for d, h in heads.items()})
+
+    def compress(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        if dim == self.full_dim:
+            return torch.nn.functional.normalize(x, dim=-1)
+        if str(dim) not in self.parts:
+            raise SmecError(f"dim {dim} is not one of this head's dims {self.dims}")
+        return self.parts[str(dim)].compress(x, dim)
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        for d, part in self.parts.items():  # SMEC parts take their index lists' sizes from the state
+            if isinstance(part, SMECHead):
+                prefix = f"parts.{d}."
+                part.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+    def layout(self) -> dict:
+        return {"kind": self.kind, "full_dim": self.full_dim, "dims": self.dims, "hidden": 0,
+                "parts": {d: h.layout() for d, h in self.parts.items()}}
+
+
+HEADS[PerDimHead.kind] = PerDimHead
+
+
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
     """A digest of a state dict's tensors: names, dtypes, shapes and bytes, in name order."""
     digest = hashlib.sha256()
@@ -49,9 +90,11 @@ def save_head(head: nn.Module, path: str | Path, about: dict | None = None) -> P
     module docstring) and the tensors' digest; written to a temporary name and renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(head, SMECHead):
-        head.freeze_selections()  # the exported index list is the inference one
-    state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    for part in head.modules():
+        if isinstance(part, SMECHead):
+            part.freeze_selections()  # the exported index list is the inference one
+    # cloned: a head that holds one part under several names (run.select) must not share storage
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in head.state_dict().items()}
     about = {"full_dim": head.full_dim, "dims": list(head.dims), **(about or {})}
     meta = {"layout": json.dumps(head.layout()), "about": json.dumps(about), "tensors_sha256": tensors_sha256(state)}
     with atomic_path(path) as tmp:

@@ -94,14 +94,16 @@ class XBMQueue:
         Returns:
             slots (n, k) into ``self.emb`` / ``self.ids`` and teacher similarities (n, k).
         """
-        # an excluded entry must never fill a slot, so never ask for more than remain
-        k = min(k, self.count - (1 if exclude is not None else 0))
         valid = self.emb[: self.count] if self.count < self.size else self.emb  # (m, dim)
         sims = query.to(valid.dtype) @ valid.T  # (n, m)
+        held = self.count
         if exclude is not None:
-            ids = self.ids[: valid.shape[0]]
-            sims = sims.masked_fill(ids.unsqueeze(0) == exclude.view(-1, 1), float("-inf"))
-        vals, slots = torch.topk(sims, k, dim=1)  # (n, k)
+            hit = self.ids[: valid.shape[0]].unsqueeze(0) == exclude.view(-1, 1)  # (n, m)
+            sims = sims.masked_fill(hit, float("-inf"))
+            # an excluded entry must never fill a slot (the memory may hold one item several
+            # times), so never ask for more than remain
+            held -= max(1, int(hit.sum(1).max()) if hit.numel() else 0)
+        vals, slots = torch.topk(sims, min(k, held), dim=1)  # (n, k)
         return slots, vals
 
     def sample(self, query: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> Samples:

@@ -12,8 +12,8 @@ from typing import Callable
 
 from torch import nn
 
-from .baselines import (CurriculumHead, MultiHead, PrefixHead, SingleHead, curriculum_phases, multi_phases,
-                        prefix_phases, single_phases)
+from .baselines import (CurriculumHead, FixedHead, MultiHead, PrefixHead, SingleHead, curriculum_phases,
+                        multi_phases, prefix_phases, single_phases)
 from .phase import Basis, Phase
 from .smrl import SMECHead, smec_phases
 
@@ -73,6 +73,7 @@ COMPARE_METHODS: tuple[str, ...] = tuple(METHODS)
 TRAINED: tuple[str, ...] = tuple(n for n, m in METHODS.items() if m.kind == "trained")
 
 HEAD_KINDS: dict[str, type[nn.Module]] = {m.head.kind: m.head for m in METHODS.values() if m.head is not None}
+HEAD_KINDS[FixedHead.kind] = FixedHead  # PCA and truncation, exported as heads
 """Head file kinds (the ``kind`` in a saved head's layout) -> head class."""
 
 

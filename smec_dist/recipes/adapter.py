@@ -22,13 +22,16 @@ from .. import dist
 from ..backbone import model_identity, model_width, resolve_pooling
 from ..cache import load_cache
 from ..config import Config, dump_config, resolved_losses, setting_loss
-from ..data import ensure_dataset, eval_qrels, load_beir, load_query_file, select_anchor_queries, validation_queries
+from ..data import (ensure_dataset, eval_qrels, identical_ids, load_beir, load_query_file, own_rows,
+                    select_anchor_queries, validation_queries)
+from ..data.splits import seeded_part
 from ..errors import SmecError
 from ..evaluation.bm25 import bm25_name, bm25_run
 from ..evaluation.metrics import evaluate_run
-from ..evaluation.search import search_metrics
+from ..evaluation.search import drop_identical, search_metrics
 from ..io import publish_run, write_file_manifest
-from ..method.export import save_head
+from ..method.baselines import FixedHead
+from ..method.export import PerDimHead, save_head
 from ..method.registry import METHODS
 from ..method.transform import pca_basis
 from ..report import print_table, write_report
@@ -75,6 +78,8 @@ class Job(Recipe):
         self.stage: Path | None = None  # where they are written until then (rank 0)
         self.timings: dict[str, float] = {}
         self.val_qids: list[str] = []  # held-out validation queries (run.validation), none by default
+        self.val_split = ""
+        self.candidates: dict[tuple[str, str], torch.nn.Module] = {}  # (setting, method) -> head
         self.tracker: Tracker | None = None
 
     # -- setup ---------------------------------------------------------------------------
@@ -95,6 +100,8 @@ class Job(Recipe):
         self.stage_output()
         t = time.perf_counter()
         self.ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
+        self.identical = identical_ids(self.ds, cfg.data.ignore_identical_ids)
+        log.info("%s: %s", self.ds.name, self.identical.describe())
         if cfg.data.eval_split not in self.ds.qrels:
             raise SmecError(f"data.eval_split: '{cfg.data.eval_split}' is not a split of {self.ds.root}: "
                             f"{self.ds.root / 'qrels' / (cfg.data.eval_split + '.tsv')} not found "
@@ -107,11 +114,11 @@ class Job(Recipe):
         self.qrels = eval_qrels(self.ds, cfg.data.eval_split, set(anchor_ids))
         val_texts: set[str] = set()
         if cfg.run.validation:
-            self.val_qids = self._validation_ids()
+            self.val_qids, self.val_split = self._validation_ids(anchor_ids)
             held = set(self.val_qids)
             val_texts = {self.ds.queries[q] for q in held}
             anchor_ids = [q for q in anchor_ids if q not in held and self.ds.queries.get(q) not in val_texts]
-            self.val_qrels = {q: dict(self.ds.qrels[cfg.run.supervised_split][q]) for q in self.val_qids}
+            self.val_qrels = {q: dict(self.ds.qrels[self.val_split][q]) for q in self.val_qids}
         if "supervised" in cfg.run.settings:
             split = cfg.run.supervised_split
             if split not in self.ds.qrels:
@@ -144,27 +151,40 @@ class Job(Recipe):
             tag = hashlib.sha256("\n".join(ids + texts).encode()).hexdigest()[:12]
             sub = encode(cfg, self.ds, {"anchors": (ids, texts)}, cache_dir / f"anchors-{tag}")
             self.anchor_emb = F.normalize(torch.from_numpy(load_cache(sub).embeddings("anchors")), dim=-1)
+            self.anchor_qids = ids
         else:
             self.anchor_emb = self.queries[_rows(self.query_ids, anchor_ids)] if anchor_ids else self.queries[:0]
+            self.anchor_qids = list(anchor_ids)
         log.info("dataset %s: %d docs, %d eval queries, %d anchor queries; backbone width %d",
                  self.ds.name, len(self.doc_ids), len(self.eval_qids), len(self.anchor_emb), self.full_dim)
         if self.val_qids:
             log.info("validation: %d judged queries of split '%s' held out of training and scored",
-                     len(self.val_qids), cfg.run.supervised_split)
+                     len(self.val_qids), self.val_split)
         self.start_tracking()
 
-    def _validation_ids(self) -> list[str]:
-        """The held-out validation queries of ``run.validation`` (checked before any encoding)."""
+    def _validation_ids(self, anchor_ids: list[str]) -> tuple[list[str], str]:
+        """The held-out validation queries of ``run.validation`` and the split whose judgments
+        score them (checked before any encoding): a part of ``run.supervised_split``'s judged
+        queries; on a set without that split whose anchors are ``holdout:`` of the eval split, a
+        part of those anchors (judged, never scored as the test: the scored half stays apart)."""
         cfg = self.cfg
         split = cfg.run.supervised_split
+        fraction = cfg.run.validation_fraction()
+        if split not in self.ds.qrels and cfg.run.anchors.startswith("holdout:"):
+            pool = [q for q in anchor_ids if any(s > 0 for s in self.ds.qrels[cfg.data.eval_split].get(q, {}).values())]
+            if len(pool) < 2:
+                raise SmecError(f"run.validation: the {len(pool)} judged anchor queries of {self.ds.root} are too few "
+                                f"to hold some out")
+            return seeded_part(pool, fraction, cfg.train.seed), cfg.data.eval_split
         if split not in self.ds.qrels:
             raise SmecError(f"run.validation: holds out queries of run.supervised_split '{split}', which is not a "
-                            f"split of {self.ds.root} (present: {', '.join(self.ds.splits)})")
+                            f"split of {self.ds.root} (present: {', '.join(self.ds.splits)}; or use "
+                            f"run.anchors=holdout:<fraction> to hold out a part of those anchors)")
         if split == cfg.data.eval_split:
             raise SmecError(f"run.validation: run.supervised_split '{split}' is the eval split; validation "
                             f"queries must come from a split that is not scored as the test")
         try:
-            return validation_queries(self.ds, split, cfg.run.validation_fraction(), seed=cfg.train.seed)
+            return validation_queries(self.ds, split, fraction, seed=cfg.train.seed), split
         except SmecError as exc:
             raise SmecError(f"run.validation: {exc}") from exc
 
@@ -187,7 +207,8 @@ class Job(Recipe):
             with torch.no_grad():
                 qs = compress(q).numpy()
             out[part] = search_metrics(docs, self.doc_ids, qs, qids, qrels, k=self.cfg.run.search_k,
-                                       k_values=self.cfg.run.k_values, efficiency=True)
+                                       k_values=self.cfg.run.k_values, efficiency=True,
+                                       ignore_identical_ids=self.identical.ignore)
         return out
 
     def train_set(self, setting: str) -> TrainSet:
@@ -196,7 +217,12 @@ class Job(Recipe):
         if setting == "unsupervised-queries":
             if not len(self.anchor_emb):
                 raise SmecError("run.anchors: 'none' leaves the unsupervised-queries setting without anchors")
-            anchors, anchor_doc, positives = self.anchor_emb, torch.full((len(self.anchor_emb),), -1), None
+            anchors, anchor_doc, positives = self.anchor_emb, self._own_docs(self.anchor_qids), None
+            if cfg.run.doc_anchors:  # unlabelled documents beside the query texts, each never its own sample
+                n = len(self.corpus) if cfg.run.doc_anchors < 0 else min(cfg.run.doc_anchors, len(self.corpus))
+                docs = torch.randperm(len(self.corpus), generator=torch.Generator().manual_seed(cfg.train.seed + 1))[:n]
+                docs = docs.sort().values
+                anchors, anchor_doc = torch.cat([anchors, self.corpus[docs]]), torch.cat([anchor_doc, docs])
         elif setting == "corpus-only":
             anchors, anchor_doc, positives = self.corpus, torch.arange(len(self.corpus)), None
         else:
@@ -206,8 +232,14 @@ class Job(Recipe):
             qids = [q for q in self.query_ids if q not in held
                     and any(s > 0 for s in self.ds.qrels[split].get(q, {}).values())]
             positives = [[dpos[d] for d, s in self.ds.qrels[split][q].items() if s > 0] for q in qids]
-            anchors, anchor_doc = self.queries[_rows(self.query_ids, qids)], torch.full((len(qids),), -1)
+            anchors, anchor_doc = self.queries[_rows(self.query_ids, qids)], self._own_docs(qids)
         return subsample(TrainSet(anchors, self.corpus, anchor_doc, positives), cfg.run.max_anchors, gen)
+
+    def _own_docs(self, query_ids: list[str]) -> torch.Tensor:
+        """(n,) the corpus row of each query's own document (its id) when identical ids are
+        ignored, else -1: a query anchor never takes its own document as a sample."""
+        row = {d: i for i, d in enumerate(self.doc_ids)}
+        return torch.tensor(own_rows(query_ids, row, self.identical.ignore), dtype=torch.long)
 
     def _parts(self) -> tuple[str, ...]:
         """The query sets scored: the eval split's, and the held-out validation ones if any."""
@@ -219,6 +251,8 @@ class Job(Recipe):
         t = time.perf_counter()
         run = bm25_run(self.doc_ids, self.ds.doc_texts(), qids, qtext, k=self.cfg.run.search_k,
                        stemmer=self.cfg.run.bm25_stemmer)
+        if self.identical.ignore:
+            run = drop_identical(run)
         seconds = time.perf_counter() - t
         metrics = evaluate_run(qrels, run, self.cfg.run.k_values)
         metrics["ms/query"] = 1000.0 * seconds / max(1, len(qtext))
@@ -241,9 +275,11 @@ class Job(Recipe):
             add_fixed("full", {str(D): lambda x: x})
         if "truncation" in methods:
             add_fixed("truncation", {str(d): lambda x, d=d: F.normalize(x[:, :d], dim=-1) for d in dims})
+            self.candidates[("any", "truncation")] = FixedHead(D, dims)
         if "pca" in methods:
             basis = pca_basis(self.corpus)  # (D, D) uncentred, fitted on the corpus
             add_fixed("pca", {str(d): lambda x, d=d: F.normalize(x @ basis[:d].T, dim=-1) for d in dims})
+            self.candidates[("any", "pca")] = FixedHead(D, dims, basis=basis)
         if "bm25" in methods and not self.retrieval:
             log.info("bm25 skipped: %s is not a retrieval dataset", self.ds.name)
         elif "bm25" in methods:
@@ -267,6 +303,8 @@ class Job(Recipe):
         results = {"meta": self.meta(), "settings": settings["eval"]}
         if "validation" in settings:
             results["validation"] = settings["validation"]
+        if cfg.run.select == "validation":
+            results["meta"]["best"] = self.select_best(settings["validation"])
         results["timings"] = {k: round(v, 2) for k, v in self.timings.items()}
         return results
 
@@ -287,11 +325,38 @@ class Job(Recipe):
                 save_head(head, self.stage / "models" / setting / f"{name}.safetensors",
                           about={**self.head_about(), "method": name, "setting": setting, "seed": seed,
                                  "loss": asdict(loss)})
+                self.candidates[(setting, name)] = head  # run.select may export it
             at = ([self.full_dim] if method.full_width else []) + list(cfg.run.dims)
             scores = {str(d): lambda x, d=d: head.compress(x, d) for d in at}
             for part, table in self._scored(scores).items():
                 per_seed[part].append(table)
         return per_seed
+
+    def select_best(self, validation: dict) -> dict:
+        """``run.select=validation``: per dim, the method and setting with the best validation
+        nDCG@10 (PCA and truncation compete too), exported together as ``models/best.safetensors``
+        with the choice in its metadata; returns the choice (recorded in results.json)."""
+        metric = "nDCG@10"
+        chosen, heads = {}, {}
+        for d in self.cfg.run.dims:
+            best = None
+            for setting, methods in validation.items():
+                for name, by_dim in methods.items():
+                    key = ("any", name) if ("any", name) in self.candidates else (setting, name)
+                    score = by_dim.get(str(d), {}).get(metric)
+                    if key in self.candidates and score is not None and (best is None or score > best[0]):
+                        best = (score, setting if key[0] != "any" else "-", name, key)
+            if best is None:
+                continue
+            chosen[str(d)] = {"method": best[2], "setting": best[1], f"validation {metric}": best[0]}
+            heads[d] = self.candidates[best[3]]
+        about = {**self.head_about(), "method": "best", "selected": chosen,
+                 "chosen_on": f"{len(self.val_qids)} held-out queries of '{self.val_split}' ({self.cfg.run.validation})"}
+        save_head(PerDimHead(self.full_dim, list(heads), heads=heads), self.stage / "models" / "best.safetensors",
+                  about=about)
+        log.info("best per dim on validation: %s", ", ".join(f"{d}: {c['method']} ({c['setting']})"
+                                                             for d, c in chosen.items()))
+        return chosen
 
     def head_about(self) -> dict:
         """What every head of this run records about the embeddings it expects."""
@@ -312,8 +377,9 @@ class Job(Recipe):
                 "eval_split": cfg.data.eval_split, "n_queries": len(self.eval_qids), "n_docs": len(self.doc_ids),
                 "anchors": cfg.run.anchors, "n_anchor_queries": len(self.anchor_emb), "seeds": list(cfg.run.seeds),
                 "loss": resolved_losses(cfg, cfg.run.settings),
+                "ignore_identical_ids": self.identical.ignore, "identical_ids": self.identical.describe(),
                 **({"bm25": bm25_name(stemmer=cfg.run.bm25_stemmer)} if "bm25" in cfg.run.methods else {}),
-                **({"validation": cfg.run.validation, "validation_split": cfg.run.supervised_split,
+                **({"validation": cfg.run.validation, "validation_split": self.val_split,
                     "n_validation_queries": len(self.val_qids)} if self.val_qids else {})}
 
     def _track(self, key: str, row: dict) -> None:

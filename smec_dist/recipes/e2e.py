@@ -28,7 +28,7 @@ import torch
 from .. import dist
 from ..backbone import Encoder, check_backbone_mode, load_trainable, model_identity, model_width
 from ..config import Config, dump_config, resolved_losses, setting_loss
-from ..data import ensure_dataset, load_beir
+from ..data import ensure_dataset, identical_ids, load_beir
 from ..errors import SmecError
 from ..io import atomic_dir, atomic_write_json, write_file_manifest
 from ..method.export import save_head
@@ -86,7 +86,8 @@ class E2EJob(Recipe):
         self.stop = StopRequest(self.out / "STOP")
         self._saved_step = -1
         self.ds = load_beir(ensure_dataset(cfg.data.dataset, cfg.data.data_dir))
-        self.pairs = load_pairs(self.ds, e2e.split)
+        self.identical = identical_ids(self.ds, cfg.data.ignore_identical_ids)
+        self.pairs = load_pairs(self.ds, e2e.split, self.identical.ignore)
         if self.out.exists() and not self.out.is_dir():
             raise SmecError(f"run.output_dir: {self.out} is a file, not a folder")
         held = held_results(self.out)

@@ -42,8 +42,9 @@ def requested_spec(cfg: Config, parts: Parts, dataset_path: str = "") -> dict:
 
 
 def cache_dir_for(cfg: Config, spec: dict | None = None) -> Path:
-    """``cache.dir``, else ``<run.output_dir>/../cache/<dataset>-<model>-<dtype>-<key>``, ``key`` the
-    first 12 hex digits of the spec's digest (default: the dataset's corpus and queries)."""
+    """``cache.dir``, else ``<cache.root>/<dataset>-<model>-<dtype>-<key>`` (``cache.root`` empty:
+    ``<run.output_dir>/../cache``), ``key`` the first 12 hex digits of the spec's digest
+    (default: the dataset's corpus and queries)."""
     if cfg.cache.dir:
         return Path(cfg.cache.dir)
     if spec is None:
@@ -51,7 +52,8 @@ def cache_dir_for(cfg: Config, spec: dict | None = None) -> Path:
         spec = requested_spec(cfg, dataset_parts(ds), str(ds.root))
     model = Path(cfg.model.name).name or cfg.model.name
     stem = f"{Path(cfg.data.dataset).name}-{model}-{cfg.cache.dtype}"
-    return Path(cfg.run.output_dir).parent / "cache" / f"{stem}-{spec_key(spec)[:12]}"
+    root = Path(cfg.cache.root) if cfg.cache.root else Path(cfg.run.output_dir).parent / "cache"
+    return root / f"{stem}-{spec_key(spec)[:12]}"
 
 
 def _say_why_new(cache_dir: Path, spec: dict) -> None:

@@ -30,7 +30,7 @@ from .. import dist
 from ..backbone import Encoder, identity_key, load_encoder, model_identity, resolve_device, resolve_model
 from ..cache import build_cache, load_cache
 from ..config import Config
-from ..data import ensure_dataset, load_beir
+from ..data import ensure_dataset, identical_ids, load_beir
 from ..errors import SmecError
 from ..evaluation.search import search_metrics
 from ..io import atomic_write_json, atomic_write_text, file_table, file_table_problem, read_file_manifest
@@ -224,6 +224,8 @@ class Evaluation(Recipe):
             from ..evaluation.mteb_eval import check_tasks
 
             check_tasks(self.mteb_tasks, cfg.data.data_dir, split)
+        self.identical = identical_ids(ds, cfg.data.ignore_identical_ids)
+        log.info("%s: %s", ds.name, self.identical.describe())
         self.qrels = {q: d for q, d in ds.qrels[split].items() if q in ds.queries}
         self.qids = sorted(self.qrels)
         self.doc_ids = ds.doc_ids()
@@ -245,14 +247,17 @@ class Evaluation(Recipe):
             cache = load_cache(emb_dir)
             docs, queries = cache.embeddings("corpus"), cache.embeddings("queries")
             k = cfg.run.search_k
-            metrics: dict[str, dict[str, dict]] = {
-                FULL: {str(model.full_dim): search_metrics(docs, doc_ids, queries, qids, self.qrels, k=k)}}
+            ignore = self.identical.ignore
+            metrics: dict[str, dict[str, dict]] = {FULL: {str(model.full_dim): search_metrics(
+                docs, doc_ids, queries, qids, self.qrels, k=k, ignore_identical_ids=ignore)}}
             for m in self.methods:
                 metrics[m] = {str(dim): search_metrics(model.compress(docs, m, dim), doc_ids,
-                                                       model.compress(queries, m, dim), qids, self.qrels, k=k)
+                                                       model.compress(queries, m, dim), qids, self.qrels, k=k,
+                                                       ignore_identical_ids=ignore)
                               for dim in model.dims(m)}
             result = {"model": model.name, "dataset": ds.name, "split": self.split, "queries": len(qids),
-                      "documents": len(doc_ids), "world_size": world, "full_dim": model.full_dim, "metrics": metrics}
+                      "documents": len(doc_ids), "world_size": world, "full_dim": model.full_dim,
+                      "ignore_identical_ids": ignore, "metrics": metrics}
             self.write(result)  # the metrics are kept even if MTEB fails after them
         result = dist.broadcast_object(result)
         if self.mteb_tasks:
@@ -285,7 +290,7 @@ def run_mteb_tasks(model: SmecModel, tasks: list[str], cfg: Config, out_dir: Pat
         from ..evaluation.mteb_eval import run_mteb
 
         scores = run_mteb(model, tasks, cfg.data.data_dir, out_dir, dim=dim, split=cfg.data.eval_split,
-                          batch_size=cfg.model.batch_size)
+                          batch_size=cfg.model.batch_size, ignore_identical_ids=cfg.data.ignore_identical_ids)
         for per in scores.values():  # some MTEB scores are NaN (nAUC on small sets): not in strict JSON
             per["metrics"] = {k: v for k, v in per["metrics"].items() if v == v}
     return dist.broadcast_object(scores)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .. import dist
 from ..backbone import Encoder
 from ..config import Config, LossConfig
+from ..data import own_rows
 from ..errors import SmecError
 from ..method.losses import Positives, objective
 from ..method.memory import Samples, XBMQueue
@@ -43,7 +44,9 @@ class PairSet:
     Attributes:
         query_texts: the split's queries with at least one positive.
         positives: per query, the corpus rows judged relevant (score > 0).
-        doc_texts / doc_ids: the corpus, by row.
+        doc_ids / doc_texts: the corpus, by row.
+        own: per query, the corpus row of the document under its own id where identical ids
+            are ignored (never one of its memory samples), else -1.
     """
 
     query_ids: list[str]
@@ -51,9 +54,10 @@ class PairSet:
     positives: list[list[int]]
     doc_ids: list[str]
     doc_texts: list[str]
+    own: list[int]
 
 
-def load_pairs(ds, split: str) -> PairSet:
+def load_pairs(ds, split: str, ignore_identical_ids: bool = False) -> PairSet:
     if split not in ds.qrels:
         raise SmecError(f"e2e.split: '{split}' is not a split of {ds.root} (present: {', '.join(ds.splits)})")
     doc_ids = ds.doc_ids()
@@ -67,7 +71,7 @@ def load_pairs(ds, split: str) -> PairSet:
             pos.append(rows)
     if not qids:
         raise SmecError(f"e2e.split: '{split}' of {ds.root} has no query with a positive judgment")
-    return PairSet(qids, texts, pos, doc_ids, ds.doc_texts())
+    return PairSet(qids, texts, pos, doc_ids, ds.doc_texts(), own_rows(qids, row, ignore_identical_ids))
 
 
 class PairTask(Task):
@@ -163,7 +167,9 @@ class PairTask(Task):
         mine, my_picks = idx[r * b:(r + 1) * b], picks[r * b:(r + 1) * b]  # (b,), (b,)
         q, d = self.embed_pairs(mine, my_picks)  # (b, D), (b, D)
         d_all = dist.gather(d)  # (W * b, D) every rank's positives, with gradients
-        samples = self.queue.sample(q.detach(), self.cfg.train.topk)  # (b, k) hard samples of the memory
+        own = torch.tensor([self.pairs.own[i] for i in mine.tolist()], device=q.device)  # (b,) -1: none
+        exclude = own if bool((own >= 0).any()) else None  # a query's own document (identical ids)
+        samples = self.queue.sample(q.detach(), self.cfg.train.topk, exclude=exclude)  # (b, k) hard samples
         self.last_top1 = float(samples.sims[:, 0].mean()) if samples.sims.shape[1] else None
         pos = Positives(d_all, picks.to(self.device), torch.arange(b, device=self.device) + r * b,
                         [self.pairs.positives[i] for i in mine.tolist()])

@@ -1,29 +1,15 @@
-"""Typed configuration: dataclasses, YAML files, command-line overrides.
-
-A config file is YAML with one mapping per section (``data``, ``model``, ``cache``,
-``run``, ``train``); ``key=value`` overrides with dotted keys (``train.epochs=5``,
-``run.dims=[96,48]``) merge on top. Unknown sections or keys are errors naming the file
-and the key, and every value is checked in ``__post_init__``.
-"""
+"""The config's sections: typed dataclasses, each key documented by the string after it and
+checked in ``__post_init__`` (the error names the key and what is allowed)."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from .console import bars_wanted
-from .errors import SmecError
-from .io import atomic_write_text
-
-from .method.registry import DEFAULT_METHODS, METHODS
+from ..console import bars_wanted
+from ..errors import SmecError
+from ..method.registry import DEFAULT_METHODS, METHODS
 
 SETTINGS = ("unsupervised-queries", "corpus-only", "supervised")
 # keys that are gone, and the one key that decides their value now
@@ -48,12 +34,24 @@ class DataConfig:
     """Where the BEIR dataset comes from and which split is scored."""
 
     data_dir: str = "../shared/data"
+    """The folder holding the datasets by name (``$SMEC_DATA_DIR`` when set); a missing dataset
+    is downloaded there when a network exists."""
     dataset: str = "scifact"
+    """A dataset name under ``data_dir``, or a folder (BEIR layout, or an STS-B-style folder of ``<split>.tsv``)."""
     eval_split: str = "test"
+    """The qrels split that is scored."""
+    ignore_identical_ids: bool | str = "auto"
+    """Drop the document whose id is the query's from every ranking and every anchor's samples,
+    as BEIR and MTEB do on sets whose queries are documents (ArguAna, Quora): ``true``,
+    ``false``, or ``auto`` (on when at least half of the queries are documents under their own
+    id with the same text; off on numeric-id sets such as Cranfield, where query "1" and
+    document "1" are unrelated). The decision is recorded in results.json."""
 
     def __post_init__(self):
         if env := os.environ.get("SMEC_DATA_DIR"):
             self.data_dir = env if self.data_dir == DataConfig.data_dir else self.data_dir
+        if isinstance(self.ignore_identical_ids, str) and self.ignore_identical_ids != "auto":
+            raise SmecError(f"data.ignore_identical_ids: '{self.ignore_identical_ids}' is not one of auto, true, false")
 
 
 @dataclass
@@ -61,11 +59,17 @@ class ModelConfig:
     """The frozen backbone: an alias (minilm, smollm2-135m), a local folder or a hub id."""
 
     name: str = "minilm"
+    """The backbone: an alias (``minilm``, ``mpnet``, ``smollm2-135m``, ``tiny-qwen2``), a local folder or a hub id."""
     pooling: str | None = None
+    """``mean``, ``cls`` or ``last``; ``null``: the alias's (mean for encoders, last token for decoders)."""
     max_length: int = 256
+    """Tokens per text (longer texts are cut)."""
     batch_size: int = 64
+    """Texts per encoder batch."""
     dtype: str = "float32"
-    device: str = "auto"  # auto: this rank's GPU when CUDA is there, else cpu; or cpu, cuda:0, ...
+    """The dtype the backbone runs in: ``float32``, ``bfloat16`` or ``float16`` (part of the cache key)."""
+    device: str = "auto"
+    """``auto``: this rank's GPU when CUDA is there, else the CPU; or ``cpu``, ``cuda:0``, ..."""
 
     def __post_init__(self):
         if self.pooling is not None:
@@ -77,11 +81,16 @@ class ModelConfig:
 
 @dataclass
 class CacheConfig:
-    """The embedding cache; ``dir`` empty means ``<output_dir>/../cache/<dataset>-<model>``."""
+    """The embedding cache (content-addressed: see smec_dist.recipes.encode)."""
 
     dir: str = ""
+    """The cache folder itself; empty: ``<root>/<dataset>-<model>-<dtype>-<key>``."""
+    root: str = ""
+    """Where default cache folders go; empty: ``<run.output_dir>/../cache``."""
     dtype: str = "float32"
+    """The stored precision of the embeddings: ``float32`` or ``float16`` (half the disk)."""
     shard_size: int = 2048
+    """Items per shard: the unit of resumption and of the split over ranks."""
 
     def __post_init__(self):
         _one_of("cache.dtype", self.dtype, ("float16", "float32"))
@@ -107,6 +116,7 @@ class TrainConfig:
     ads_lr: float = 1e-2
     """Learning rate of the ADS importance scores."""
     weight_decay: float = 0.0
+    """Adam weight decay of the head."""
     hidden: int = 0
     """Width of a residual MLP beside each linear map (0: linear maps only)."""
     temperature: float = 0.03
@@ -132,6 +142,7 @@ class TrainConfig:
     lookahead: int = -1
     """Later stages whose dims each SMRL stage also scores on its leading dims (-1 all, 0 off)."""
     lookahead_weight: float = 0.5
+    """Weight of each lookahead term."""
     pairwise_weight: float = 0.0
     """Weight of Matryoshka-Adaptor's pairwise similarity MSE (off by default)."""
     infonce_temperature: float = 0.05
@@ -152,6 +163,7 @@ class TrainConfig:
     it multiplies the steps per phase by ``1 + anchor_copies``. For corpora with few
     unlabelled queries (see docs/method.md)."""
     anchor_noise: float = 0.5
+    """Norm of the noise of each anchor copy (``anchor_copies``)."""
     seed: int = 0
     """Seeds the anchor order, the queue stream, ADS's noise and the heads."""
     curriculum_gamma: float = 1.0
@@ -226,15 +238,25 @@ class RunConfig:
     dims: list[int] = field(default_factory=lambda: [192, 96, 48, 24])
     settings: list[str] = field(default_factory=lambda: list(SETTINGS))
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    """Methods computed (the registry's names: full, bm25, truncation, pca, single, mrl, cmrl, linear, smec)."""
     anchors: str = "split:train"
     supervised_split: str = "train"
+    """The qrels split whose judgments the supervised setting trains on (never the eval split)."""
     supervised_infonce_weight: float = 1.0
     corpus_only_temperature: float = 0.05
     supervised_temperature: float = 0.05
     validation: str = ""
+    doc_anchors: int = 0
+    """Documents added to the unlabelled query texts as anchors in the unsupervised-queries
+    setting (0: none, -1: every document; a seeded draw), each never its own sample."""
     max_anchors: int = 1000
     seeds: list[int] = field(default_factory=lambda: [0])
     search_k: int = 100
+    """Documents retrieved per query (exact search) before the metrics."""
+    select: str = ""
+    """``validation``: pick, per dim, the method and setting with the best validation nDCG@10
+    and export them together as ``models/best.safetensors`` (needs ``run.validation``);
+    ``""``: no pick."""
     bm25_stemmer: str = "none"
     """BM25's stemmer: ``none`` or ``english`` (PyStemmer's Snowball); recorded in results.json.
     ``none`` is what every BM25 figure of docs/results.md was measured with."""
@@ -263,6 +285,8 @@ class RunConfig:
         for m in self.methods:
             _one_of("run.methods", m, tuple(METHODS))
         _positive("run.max_anchors", self.max_anchors, zero_ok=True)
+        if self.doc_anchors < -1:
+            raise SmecError(f"run.doc_anchors: {self.doc_anchors} must be -1 (every document), 0 (none) or a count")
         _positive("run.supervised_infonce_weight", self.supervised_infonce_weight, zero_ok=True)
         _positive("run.corpus_only_temperature", self.corpus_only_temperature)
         _positive("run.supervised_temperature", self.supervised_temperature)
@@ -271,6 +295,10 @@ class RunConfig:
             raise SmecError("run.seeds: at least one seed is needed")
         _positive("run.search_k", self.search_k)
         _one_of("run.bm25_stemmer", self.bm25_stemmer, ("none", "english"))
+        _one_of("run.select", self.select, ("", "validation"))
+        if self.select and not self.validation:
+            raise SmecError("run.select: 'validation' chooses on held-out queries: set run.validation too "
+                            "(e.g. run.validation=holdout:0.2)")
         if not self.k_values or any(not isinstance(k, int) or k <= 0 for k in self.k_values):
             raise SmecError(f"run.k_values: {self.k_values} must be positive integers")
         if max(self.k_values) > self.search_k:
@@ -333,16 +361,22 @@ class E2EConfig:
 
     backbone: str = "lora"
     lora_r: int = 16
+    """LoRA rank."""
     lora_alpha: int = 32
+    """LoRA scaling alpha."""
     lora_dropout: float = 0.0
+    """Dropout on the LoRA path."""
     lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
     gradient_checkpointing: bool = False
+    """Recompute every layer's activations in the backward pass (memory for time)."""
     precision: str = "auto"
     backbone_lr: float = 1e-4
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
+    """Gradient clipping of the backbone (0: none; DeepSpeed: its gradient_clipping)."""
     per_device_batch: int = 8
     grad_accum: int = 1
+    """Micro-steps per optimizer step."""
     steps_per_stage: int = 100
     split: str = "train"
     query_instruction: str = ""
@@ -354,6 +388,7 @@ class E2EConfig:
     resume: str = ""
     full_weight: float = 1.0
     basis_docs: int = 2048
+    """Documents (and as many training queries) encoded for each stage's PCA start."""
 
     def __post_init__(self):
         _one_of("e2e.backbone", self.backbone, BACKBONE_MODES)
@@ -381,12 +416,32 @@ class TrackConfig:
 
     backend: str = "wandb"
     project: str = "smec-dist"
+    """The W&B project."""
     name: str = ""
+    """The run's name (default: the run folder's name)."""
     mode: str = "auto"
 
     def __post_init__(self):
         _one_of("track.backend", self.backend, ("wandb", "tensorboard", "none"))
         _one_of("track.mode", self.mode, ("auto", "offline", "online", "disabled"))
+
+
+@dataclass
+class SuiteConfig:
+    """``smec suite``: the adapter job over several datasets (smec_dist.recipes.suite)."""
+
+    datasets: list[str] = field(default_factory=list)
+    """Dataset names under ``data.data_dir`` (or folders); an STS folder runs the STS job."""
+    validation: str = "holdout:0.2"
+    """``run.validation`` of each retrieval set: a held-out part of its train judgments, or of
+    its anchors where it has a test split only (``""``: none)."""
+    anchor_holdout: float = 0.5
+    """For a set with a test split only: the part of its test queries that are unlabelled
+    anchors (the rest is scored)."""
+
+    def __post_init__(self):
+        if not 0.0 < self.anchor_holdout < 1.0:
+            raise SmecError(f"suite.anchor_holdout: {self.anchor_holdout} must be in (0, 1)")
 
 
 @dataclass
@@ -398,195 +453,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     e2e: E2EConfig = field(default_factory=E2EConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """The loss one training setting trains with, as decided by :func:`setting_loss`.
-
-    Attributes:
-        temperature: softmax temperature of the listwise KL between teacher and student.
-        infonce_weight: weight of InfoNCE on judged pairs (0 without judgments).
-        kl_weight / pairwise_weight / infonce_temperature: ``train.*``, the same in every
-            setting.
-    """
-
-    temperature: float
-    infonce_weight: float
-    kl_weight: float
-    pairwise_weight: float
-    infonce_temperature: float
-
-
-def setting_loss(cfg: Config, setting: str) -> LossConfig:
-    """The one place a setting's KL temperature and InfoNCE weight are decided.
-
-    Each value comes from exactly one key:
-
-    ================================  ==============================  ================================
-    setting                           temperature                     InfoNCE weight
-    ================================  ==============================  ================================
-    ``unsupervised-queries``          ``train.temperature``           0 (no judgments)
-    ``corpus-only``                   ``run.corpus_only_temperature`` 0 (no judgments)
-    ``supervised`` (and ``smec        ``run.supervised_temperature``  ``run.supervised_infonce_weight``
-    train``, which trains on judged
-    pairs)
-    ================================  ==============================  ================================
-
-    Jobs record the result per setting (``meta.loss`` in results.json, ``resolved.loss`` in
-    the run's config.yaml).
-    """
-    _one_of("setting", setting, SETTINGS)
-    temperature, infonce = {
-        "unsupervised-queries": (cfg.train.temperature, 0.0),
-        "corpus-only": (cfg.run.corpus_only_temperature, 0.0),
-        "supervised": (cfg.run.supervised_temperature, cfg.run.supervised_infonce_weight),
-    }[setting]
-    return train_loss(cfg.train, temperature, infonce)
-
-
-def train_loss(train: TrainConfig, temperature: float | None = None, infonce_weight: float = 0.0) -> LossConfig:
-    """A loss from ``train.*`` (``train.temperature`` unless ``temperature`` is given): what a
-    head trained outside a job (a test, a benchmark, the Python API) trains with by default."""
-    return LossConfig(temperature=train.temperature if temperature is None else temperature,
-                      infonce_weight=infonce_weight, kl_weight=train.kl_weight,
-                      pairwise_weight=train.pairwise_weight, infonce_temperature=train.infonce_temperature)
-
-
-def _coerce(key: str, value: Any, typ) -> Any:
-    """Check a YAML value against a dataclass field type (int accepted where float is)."""
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(typ)
-        if value is None and type(None) in args:
-            return None
-        return _coerce(key, value, next(a for a in args if a is not type(None)))
-    if origin is list:
-        if not isinstance(value, list):
-            raise SmecError(f"{key}: expected a list, got {value!r}")
-        (inner,) = typing.get_args(typ)
-        return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typ is float and isinstance(value, str):
-        try:  # YAML 1.1 reads 1e-4 (no dot) as a string
-            value = float(value)
-        except ValueError:
-            pass
-    if typ is float and isinstance(value, float) and not math.isfinite(value):
-        raise SmecError(f"{key}: must be a finite number, got {value}")
-    if typ is bool and not isinstance(value, bool):
-        raise SmecError(f"{key}: expected true or false, got {value!r}")
-    if typ in (int, float, str) and (not isinstance(value, typ) or isinstance(value, bool)):
-        raise SmecError(f"{key}: expected {typ.__name__}, got {value!r}")
-    return value
-
-
-def _build(cls, values: dict, prefix: str, source: str):
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    for key in values:
-        if f"{prefix}{key}" in REMOVED_KEYS:
-            raise SmecError(f"{source}: config key '{prefix}{key}' was removed: its value is now decided by "
-                            f"{REMOVED_KEYS[prefix + key]}")
-        if key not in known:
-            raise SmecError(f"{source}: unknown config key '{prefix}{key}' (allowed: {', '.join(sorted(known))})")
-    kwargs = {}
-    for key, value in values.items():
-        typ = hints[key]
-        if dataclasses.is_dataclass(typ):
-            if not isinstance(value, dict):
-                raise SmecError(f"{source}: '{prefix}{key}' must be a mapping of keys")
-            kwargs[key] = _build(typ, value, f"{prefix}{key}.", source)
-        else:
-            kwargs[key] = _coerce(f"{source}: {prefix}{key}", value, typ)
-    try:
-        return cls(**kwargs)
-    except SmecError as exc:
-        if source == "defaults" or str(exc).startswith(source):
-            raise
-        raise SmecError(f"{source}: {exc}") from exc
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["train.epochs=5", "run.dims=[96,48]"]`` -> nested dict (values parsed as YAML)."""
-    out: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise SmecError(f"override '{item}' is not of the form section.key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as exc:
-            raise SmecError(f"override '{item}': value is not valid YAML ({exc.problem})") from exc
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise SmecError(f"override '{item}' conflicts with another override")
-        node[parts[-1]] = value
-    return out
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file, then the overrides; every key checked."""
-    values: dict = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.exists():
-            raise SmecError(f"{path}: config file not found")
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise SmecError(f"{path}: cannot read the config file ({exc.strerror or exc})") from exc
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = raw.count(b"\n", 0, exc.start) + 1
-            raise SmecError(f"{path}:{line}: not valid UTF-8 (byte {raw[exc.start]:#04x})") from exc
-        try:
-            values = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise SmecError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
-        if not isinstance(values, dict):
-            raise SmecError(f"{path}: top level must be a mapping of sections")
-        if not isinstance(values.pop(RESOLVED, {}), dict):
-            raise SmecError(f"{path}: '{RESOLVED}' must be a mapping (a run writes it; it is not read back)")
-    cfg = _build(Config, values, "", source)
-    if overrides:
-        cfg = _build(Config, _merge(cfg.to_dict(), parse_overrides(overrides)), "", "command line")
-    return cfg
-
-
-RESOLVED = "resolved"
-"""The section of a run's config.yaml that records values the run derived from the keys (each
-setting's loss); :func:`load_config` skips it, so the file loads back as the config it was."""
-
-
-def dump_config(cfg: Config, path: str | Path, resolved: dict | None = None) -> None:
-    """Save the config next to a run's outputs (reloadable with :func:`load_config`), with the
-    values the run derived from it under ``resolved``."""
-    values = cfg.to_dict()
-    if resolved:
-        values[RESOLVED] = resolved
-    atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))
-
-
-def resolved_losses(cfg: Config, settings) -> dict:
-    """``{setting: LossConfig as a dict}``: what results.json and config.yaml record."""
-    return {s: asdict(setting_loss(cfg, s)) for s in settings}
